@@ -1,0 +1,170 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""The one module wrapper of the collection.
+
+``KvmModule`` merges the common options into a module's argument spec, checks that the
+Python libraries are importable, opens one libvirt connection per run (with bounded
+retries while the daemon starts or restarts), and is the only place that calls
+``fail_json``: library code raises :mod:`._errors` exceptions instead.
+
+Typical use in a module::
+
+    def main():
+        module = KvmModule(argument_spec=..., supports_check_mode=True)
+        module.run(lambda m: MyManager(m).run())
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+from ._errors import KvmError, KvmLibvirtError, from_libvirt
+
+LIBVIRT_IMPORT_ERROR = None
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+LXML_IMPORT_ERROR = None
+try:
+    from lxml import etree  # noqa: F401  (checked here so modules fail with one clear message)
+except ImportError:
+    LXML_IMPORT_ERROR = traceback.format_exc()
+
+
+COMMON_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "uri": {
+        "type": "str",
+        "default": "qemu:///system",
+        "fallback": (env_fallback, ["LIBVIRT_DEFAULT_URI"]),
+    },
+    "connect_timeout": {"type": "int", "default": 30},
+}
+
+# libvirt error codes that mean "the daemon is not there yet" (starting, restarting),
+# worth retrying until connect_timeout runs out. Anything else (bad URI, auth) fails at once.
+_TRANSIENT_CODE_NAMES = (
+    "VIR_ERR_SYSTEM_ERROR",
+    "VIR_ERR_NO_CONNECT",
+    "VIR_ERR_RPC",
+    "VIR_ERR_OPERATION_TIMEOUT",
+)
+
+
+def _transient_codes() -> set[int]:
+    return {getattr(libvirt, name) for name in _TRANSIENT_CODE_NAMES if hasattr(libvirt, name)}
+
+
+def open_connection(
+    uri: str,
+    *,
+    readonly: bool = False,
+    timeout: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    opener: Callable[[str], Any] | None = None,
+):
+    """Open a libvirt connection, retrying transient failures for up to ``timeout`` seconds."""
+    if opener is None:
+        opener = libvirt.openReadOnly if readonly else libvirt.open
+    deadline = time.monotonic() + max(timeout, 0)
+    delay = 0.25
+    attempts = 0
+    transient = _transient_codes()
+    while True:
+        attempts += 1
+        try:
+            conn = opener(uri)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in transient or time.monotonic() + delay > deadline:
+                raise from_libvirt(exc, f"connect to libvirt at {uri}", attempts=attempts) from exc
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if conn is None:  # very old bindings returned None instead of raising
+            raise KvmLibvirtError(f"Failed to connect to libvirt at {uri}", attempts=attempts)
+        return conn
+
+
+class KvmModule:
+    """AnsibleModule plus the libvirt connection and the collection's error handling."""
+
+    def __init__(
+        self, argument_spec: dict[str, Any], *, readonly: bool = False, **kwargs: Any
+    ) -> None:
+        spec = dict(COMMON_ARGUMENT_SPEC)
+        spec.update(argument_spec)
+        self.module = AnsibleModule(argument_spec=spec, **kwargs)
+        self.readonly = readonly
+        self._conn = None
+        if LIBVIRT_IMPORT_ERROR:
+            self.module.fail_json(
+                msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR
+            )
+        if LXML_IMPORT_ERROR:
+            self.module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.module.params
+
+    @property
+    def check_mode(self) -> bool:
+        return self.module.check_mode
+
+    @property
+    def diff_mode(self) -> bool:
+        return self.module._diff
+
+    @property
+    def conn(self):
+        """The run's one libvirt connection, opened on first use."""
+        if self._conn is None:
+            self._conn = open_connection(
+                self.params["uri"], readonly=self.readonly, timeout=self.params["connect_timeout"]
+            )
+        return self._conn
+
+    def warn(self, msg: str) -> None:
+        self.module.warn(msg)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+
+    def run(self, func: Callable[[KvmModule], dict[str, Any]]) -> None:
+        """Run ``func(self)``; exit with its result, or fail with the error it raised."""
+        try:
+            result = func(self)
+        except KvmError as exc:
+            self.close()
+            self.fail(exc)
+        except libvirt.libvirtError as exc:  # a call the library code did not wrap
+            self.close()
+            self.fail(from_libvirt(exc, "complete a libvirt call"))
+        self.close()
+        self.module.exit_json(**result)
+
+    def fail(self, exc: KvmError) -> None:
+        """The collection's only ``fail_json``: message, libvirt error code and traceback."""
+        extra: dict[str, Any] = dict(exc.details)
+        if isinstance(exc, KvmLibvirtError):
+            extra.update(
+                libvirt_error_code=exc.code,
+                libvirt_error_name=exc.code_name,
+                libvirt_error_domain=exc.domain,
+                libvirt_message=exc.libvirt_message,
+            )
+        self.module.fail_json(msg=exc.msg, exception=traceback.format_exc(), **extra)

@@ -1,0 +1,93 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""Typed errors raised by the collection's library code.
+
+Library code raises these; only the module wrapper (``_client.KvmModule``) turns them
+into ``fail_json``.
+"""
+
+from __future__ import annotations
+
+try:
+    import libvirt
+except ImportError:  # the wrapper reports the missing library
+    libvirt = None
+
+
+class KvmError(Exception):
+    """An error with a message for the user and optional structured details."""
+
+    def __init__(self, msg: str, **details) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+class KvmValidationError(KvmError):
+    """Bad input, found before anything was changed."""
+
+
+class KvmTimeoutError(KvmError):
+    """A transition did not finish within its timeout."""
+
+
+class KvmLibvirtError(KvmError):
+    """A libvirt call failed; keeps libvirt's error code, domain and message."""
+
+    def __init__(
+        self,
+        msg: str,
+        code: int | None = None,
+        domain: int | None = None,
+        libvirt_message: str | None = None,
+        **details,
+    ) -> None:
+        super().__init__(msg, **details)
+        self.code = code
+        self.domain = domain
+        self.libvirt_message = libvirt_message
+
+    @property
+    def code_name(self) -> str | None:
+        return error_code_name(self.code)
+
+
+def error_code_name(code: int | None) -> str | None:
+    """``VIR_ERR_*`` name of a libvirt error code, e.g. 42 -> ``VIR_ERR_NO_DOMAIN``."""
+    if code is None or libvirt is None:
+        return None
+    for name in dir(libvirt):
+        if name.startswith("VIR_ERR_") and getattr(libvirt, name) == code:
+            if name in ("VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR"):
+                continue  # error levels, not codes
+            return name
+    return None
+
+
+def from_libvirt(exc: Exception, action: str, **details) -> KvmLibvirtError:
+    """Turn a ``libvirt.libvirtError`` into a ``KvmLibvirtError`` saying what failed."""
+    code = domain = None
+    message = str(exc)
+    if libvirt is not None and isinstance(exc, libvirt.libvirtError):
+        code = exc.get_error_code()
+        domain = exc.get_error_domain()
+        message = exc.get_error_message() or message
+    return KvmLibvirtError(
+        f"Failed to {action}: {message}",
+        code=code,
+        domain=domain,
+        libvirt_message=message,
+        **details,
+    )
+
+
+def is_error(exc: Exception, *codes: int) -> bool:
+    """True if ``exc`` is a libvirt error with one of ``codes``."""
+    return (
+        libvirt is not None
+        and isinstance(exc, libvirt.libvirtError)
+        and exc.get_error_code() in codes
+    )

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine (run as root) to run and test virtops.kvm. Idempotent:
+#   1. Debian packages (only the missing ones are installed),
+#   2. the Python virtualenv .venv from pinned requirements (rebuilt when they change),
+#   3. the collection linked into .venv/collections so that virtops.kvm.* resolves,
+#   4. virtlogd and libvirtd started when they are not running.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PYTHON=${PYTHON:-python3}
+
+DEB_PACKAGES=(
+    # hypervisor and daemons
+    libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
+    ovmf seabios ipxe-qemu dnsmasq-base iptables iproute2 bridge-utils
+    # build dependencies of libvirt-python
+    libvirt-dev pkg-config gcc python3-dev
+    # XML schema validation (virt-xml-validate uses xmllint)
+    libxml2-utils
+    # test lab: guest images, cloud-init seeds, SSH into guests
+    debootstrap genisoimage busybox-static cpio e2fsprogs dosfstools openssh-client
+    ca-certificates git rsync
+)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh must run as root (it installs Debian packages and starts libvirtd)" >&2
+    exit 1
+fi
+
+log "Debian packages"
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "all present"
+fi
+
+log "Python virtualenv $VENV"
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+    PYTHON=/usr/bin/python3
+fi
+stamp="$VENV/.requirements.sha256"
+want=$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+    echo "$want" > "$stamp"
+else
+    echo "up to date"
+fi
+
+log "Collection virtops.kvm"
+coll="$VENV/collections/ansible_collections/virtops"
+mkdir -p "$coll"
+ln -sfn "$ROOT" "$coll/kvm"
+echo "$coll/kvm -> $ROOT"
+
+log "libvirt daemons"
+"$ROOT/scripts/daemons.sh"
