@@ -1,0 +1,370 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""Reconcile a libvirt storage pool (module ``virtops.kvm.pool``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from ._diff import DifferenceTracker
+from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._storage import (
+    CephSecretSpec,
+    PoolSpec,
+    lookup_ceph_secret,
+    lookup_pool,
+    pool_source_view,
+    pool_spec_from_params,
+    pool_view,
+)
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+POOL_ARGUMENT_SPEC: dict[str, Any] = {
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "type": {"type": "str", "choices": ["dir", "fs", "netfs", "logical", "rbd"]},
+    "target": {"type": "path"},
+    "source": {
+        "type": "dict",
+        "options": {
+            "hosts": {"type": "list", "elements": "str"},
+            "dir": {"type": "str"},
+            "devices": {"type": "list", "elements": "str"},
+            "name": {"type": "str"},
+            "format": {"type": "str"},
+            "protocol_version": {"type": "str"},
+            "auth": {
+                "type": "dict",
+                "options": {
+                    "username": {"type": "str", "required": True},
+                    "secret_usage": {"type": "str"},
+                    "secret_uuid": {"type": "str"},
+                    "secret_value": {"type": "str", "no_log": True},
+                    "secret_update": {
+                        "type": "str",
+                        "default": "on_create",
+                        "choices": ["on_create", "always"],
+                    },
+                },
+                "mutually_exclusive": [["secret_usage", "secret_uuid"]],
+            },
+        },
+    },
+    "active": {"type": "bool", "default": True},
+    "autostart": {"type": "bool"},
+    "build": {"type": "bool", "default": True},
+    "refresh": {"type": "bool", "default": False},
+    "delete_storage": {"type": "bool", "default": False},
+}
+POOL_REQUIRED_IF = [("state", "present", ["type"])]
+
+
+def _managed_source(desired: dict[str, Any], actual: dict[str, Any]) -> tuple[dict, dict]:
+    """Only the source settings the user gave are compared; libvirt fills in the rest."""
+    keys = [k for k in desired if k != "auth"]
+    before = {k: actual.get(k) for k in keys}
+    after = {k: desired[k] for k in keys}
+    if "auth" in desired:
+        before["auth"] = actual.get("auth")
+        after["auth"] = desired["auth"]
+    return before, after
+
+
+def _norm_path(path: str | None) -> str | None:
+    return path.rstrip("/") or "/" if path else path
+
+
+class PoolManager:
+    def __init__(self, kvm) -> None:
+        self.kvm = kvm
+        self.params = kvm.params
+        self.conn = kvm.conn
+        self.check = kvm.check_mode
+        self.diff = DifferenceTracker()
+        self.result: dict[str, Any] = {"changed": False, "actions": []}
+
+    def run(self) -> dict[str, Any]:
+        if self.params["state"] == "absent":
+            self.absent()
+        else:
+            self.present()
+        self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
+        if self.kvm.diff_mode:
+            self.result["diff"] = self.diff.diff()
+        return self.result
+
+    def _act(self, action: str) -> None:
+        self.result["actions"].append(action)
+
+    # ------------------------------------------------------------------ present
+
+    def present(self) -> None:
+        desired = pool_spec_from_params(self.params)
+        auth_params = (self.params.get("source") or {}).get("auth") or {}
+        secret_value = self._secret_bytes(auth_params.get("secret_value"))
+        pool = lookup_pool(self.conn, desired.name, required=False)
+        want_active = self.params["active"]
+        autostart = self.params["autostart"]
+        created_secret = None
+        if pool is None:
+            self.diff.add("state", "absent", "present")
+            self._record_settings(desired, want_active, autostart)
+            if secret_value is not None:
+                created_secret = self._plan_secret(desired, secret_value, auth_params)
+            if self.check:
+                self._act("define")
+                if want_active:
+                    self._act("start")
+                self.result["pool"] = None
+                return
+            pool = self._define_new(desired, want_active, autostart, created_secret)
+            self.result["pool"] = pool_view(pool)
+            return
+
+        actual = PoolSpec.from_xml(pool.XMLDesc(libvirt.VIR_STORAGE_POOL_XML_INACTIVE))
+        self._check_immutable(desired, actual)
+        self.diff.add("state", "present", "present")
+        self.diff.add("type", actual.type, desired.type)
+        self.diff.add("target", actual.target, desired.target)
+        src_before, src_after = _managed_source(
+            pool_source_view(desired.source), pool_source_view(actual.source)
+        )
+        source_changed = self.diff.add(
+            "source", src_before, src_after, restart_required=bool(pool.isActive())
+        )
+        if secret_value is not None:
+            self._plan_secret(desired, secret_value, auth_params)
+        is_active = bool(pool.isActive())
+        self.diff.add("active", is_active, want_active)
+        if autostart is not None:
+            self.diff.add("autostart", bool(pool.autostart()), autostart)
+
+        if self.check:
+            if source_changed:
+                self._act("redefine")
+            if is_active != want_active:
+                self._act("start" if want_active else "stop")
+            self.result["restart_required"] = self.diff.restart_required()
+            self.result["pool"] = pool_view(pool)
+            return
+
+        if source_changed:
+            merged = PoolSpec(
+                name=actual.name,
+                type=actual.type,
+                target=actual.target,
+                source=desired.source,
+                uuid=actual.uuid,
+            )
+            self._call(lambda: self.conn.storagePoolDefineXML(merged.to_xml(), 0), "redefine")
+            self._act("redefine")
+            if is_active:
+                self.kvm.warn(
+                    f"The source of running storage pool '{desired.name}' changed in its "
+                    "configuration only: stop and start the pool to use it."
+                )
+        self._apply_secret(desired, secret_value, auth_params)
+        if is_active and not want_active:
+            self._call(pool.destroy, "stop")
+            self._act("stop")
+        elif want_active and not is_active:
+            self._start(pool)
+        if autostart is not None and bool(pool.autostart()) != autostart:
+            self._call(lambda: pool.setAutostart(int(autostart)), "set autostart of")
+        if self.params["refresh"] and pool.isActive():
+            self._call(lambda: pool.refresh(0), "refresh")
+            self.result["refreshed"] = True
+        self.result["restart_required"] = self.diff.restart_required()
+        self.result["pool"] = pool_view(pool)
+
+    def _record_settings(self, desired: PoolSpec, active: bool, autostart: bool | None) -> None:
+        self.diff.add("type", None, desired.type)
+        self.diff.add("target", None, desired.target)
+        self.diff.add("source", None, pool_source_view(desired.source))
+        self.diff.add("active", None, active)
+        self.diff.add("autostart", None, bool(autostart))
+
+    def _check_immutable(self, desired: PoolSpec, actual: PoolSpec) -> None:
+        if desired.type != actual.type:
+            raise KvmValidationError(
+                f"Storage pool '{desired.name}' exists with type '{actual.type}', not "
+                f"'{desired.type}': the type of a pool cannot change. Remove the pool "
+                "(state=absent) and create it again, or use another name."
+            )
+        if desired.target and _norm_path(desired.target) != _norm_path(actual.target):
+            raise KvmValidationError(
+                f"Storage pool '{desired.name}' exists with target '{actual.target}', not "
+                f"'{desired.target}': the target of a pool cannot change. Remove the pool "
+                "(state=absent) and create it again, or use another name."
+            )
+
+    def _define_new(self, desired: PoolSpec, active: bool, autostart, new_secret):
+        """Define (and start) a new pool; on failure remove what this run made."""
+        secret = None
+        pool = None
+        try:
+            if new_secret is not None:
+                secret = self._create_secret(new_secret)
+            else:
+                self._apply_secret(desired, *self._secret_args())
+            pool = self._call(lambda: self.conn.storagePoolDefineXML(desired.to_xml(), 0), "define")
+            self._act("define")
+            if active:
+                self._start(pool)
+            if autostart:
+                self._call(lambda: pool.setAutostart(1), "set autostart of")
+        except (KvmError, libvirt.libvirtError):
+            self._rollback(pool, secret)
+            raise
+        return pool
+
+    def _rollback(self, pool, secret) -> None:
+        for undo in (
+            lambda: pool is not None and pool.isActive() and pool.destroy(),
+            lambda: pool is not None and pool.undefine(),
+            lambda: secret is not None and secret.undefine(),
+        ):
+            try:
+                undo()
+            except libvirt.libvirtError:
+                pass
+
+    def _start(self, pool) -> None:
+        """Start a pool; when that fails and build is allowed, build it (never overwriting)."""
+        try:
+            pool.create(0)
+            self._act("start")
+            return
+        except libvirt.libvirtError as exc:
+            if not self.params["build"]:
+                raise from_libvirt(exc, f"start storage pool '{pool.name()}'") from exc
+            first = exc
+        ptype = PoolSpec.from_xml(pool.XMLDesc(0)).type
+        # Only fs and logical builds format anything; dir and netfs builds make a directory.
+        flags = libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE if ptype in ("fs", "logical") else 0
+        try:
+            pool.build(flags)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(
+                exc,
+                f"build storage pool '{pool.name()}' (starting it failed first: "
+                f"{first.get_error_message()})",
+            ) from exc
+        self._act("build")
+        self._call(lambda: pool.create(0), "start")
+        self._act("start")
+
+    def _call(self, func, action: str):
+        try:
+            return func()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"{action} storage pool '{self.params['name']}'") from exc
+
+    # ------------------------------------------------------------------ Ceph secret
+
+    def _secret_args(self):
+        auth = (self.params.get("source") or {}).get("auth") or {}
+        return self._secret_bytes(auth.get("secret_value")), auth
+
+    @staticmethod
+    def _secret_bytes(value: str | None) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise KvmValidationError(
+                "source.auth.secret_value must be the base64 Ceph key (as in a keyring)"
+            ) from exc
+
+    def _plan_secret(self, desired: PoolSpec, value: bytes, auth: dict) -> CephSecretSpec | None:
+        """Record the secret change; return the spec of a secret to create, if missing."""
+        if desired.type != "rbd":
+            raise KvmValidationError("source.auth applies to rbd pools only")
+        usage = desired.source.auth.secret_usage
+        uuid = desired.source.auth.secret_uuid
+        secret = lookup_ceph_secret(self.conn, usage, uuid)
+        if secret is None:
+            if uuid and not usage:
+                usage = f"client.{desired.source.auth.username} secret"
+            self.diff.add("secret", None, {"usage": usage, "uuid": uuid})
+            return CephSecretSpec(usage=usage, uuid=uuid, description=f"Ceph key of {desired.name}")
+        if auth.get("secret_update") == "always":
+            self.diff.add("secret_value", "(not readable)", "(set)")
+        return None
+
+    def _create_secret(self, spec: CephSecretSpec):
+        value, _auth = self._secret_args()
+        secret = self._call(lambda: self.conn.secretDefineXML(spec.to_xml(), 0), "define secret of")
+        try:
+            secret.setValue(value, 0)
+        except libvirt.libvirtError as exc:
+            secret.undefine()
+            raise from_libvirt(exc, "set the value of the Ceph secret") from exc
+        self.result["secret_uuid"] = secret.UUIDString()
+        self._act("define secret")
+        return secret
+
+    def _apply_secret(self, desired: PoolSpec, value: bytes | None, auth: dict) -> None:
+        """Existing pools: create a missing secret, or update the value when asked."""
+        if value is None or desired.type != "rbd":
+            return
+        a = desired.source.auth
+        secret = lookup_ceph_secret(self.conn, a.secret_usage, a.secret_uuid)
+        if secret is None:
+            usage = a.secret_usage or f"client.{a.username} secret"
+            self._create_secret(CephSecretSpec(usage=usage, uuid=a.secret_uuid))
+        elif auth.get("secret_update") == "always":
+            self._call(lambda: secret.setValue(value, 0), "set the secret value of")
+            self._act("set secret value")
+            self.result["secret_uuid"] = secret.UUIDString()
+
+    # ------------------------------------------------------------------ absent
+
+    def absent(self) -> None:
+        name = self.params["name"]
+        pool = lookup_pool(self.conn, name, required=False)
+        if pool is None:
+            self.diff.add("state", "absent", "absent")
+            self.result["pool"] = None
+            return
+        self.diff.add("state", "present", "absent")
+        delete = self.params["delete_storage"]
+        was_active = bool(pool.isActive())
+        volumes: list[str] = []
+        if delete:
+            if not was_active and not self.check:
+                self._start(pool)
+                was_active = True
+            if was_active:
+                volumes = sorted(v.name() for v in pool.listAllVolumes(0))
+            self.result["deleted_volumes"] = volumes
+        if self.check:
+            for action in ("stop" if was_active else None, "delete storage" if delete else None):
+                if action:
+                    self._act(action)
+            self._act("undefine")
+            self.result["pool"] = None
+            return
+        if delete:
+            for vol in pool.listAllVolumes(0):
+                self._call(lambda v=vol: v.delete(0), f"delete volume '{vol.name()}' of")
+        if pool.isActive():
+            self._call(pool.destroy, "stop")
+            self._act("stop")
+        if delete:
+            self._call(lambda: pool.delete(0), "delete the storage of")
+            self._act("delete storage")
+        if pool.isPersistent():
+            self._call(pool.undefine, "undefine")
+        self._act("undefine")
+        self.result["pool"] = None

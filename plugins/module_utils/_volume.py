@@ -1,0 +1,721 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""Reconcile a storage volume (module ``virtops.kvm.volume``).
+
+Creation paths: empty raw/qcow2 volume, qcow2 overlay on a backing image, import from a
+local file or URL (streamed with ``virStorageVolUpload``), clone (``createXMLFrom``).
+Existing volumes: grow (``blockResize`` when a running guest uses the volume, so that the
+guest sees the new size; ``virStorageVolResize`` otherwise), shrink only when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import _xml
+from ._diff import DifferenceTracker
+from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._storage import (
+    FILE_POOL_TYPES,
+    BackingStore,
+    PoolSpec,
+    VolumeSpec,
+    human,
+    lookup_pool,
+    lookup_volume,
+    round_up,
+    volume_view,
+)
+from ._units import parse_size
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+CHUNK = 1024 * 1024
+QCOW2_MAGIC = b"QFI\xfb"
+
+VOLUME_ARGUMENT_SPEC: dict[str, Any] = {
+    "pool": {"type": "str", "required": True},
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "capacity": {"type": "raw"},
+    "format": {"type": "str", "choices": ["raw", "qcow2"]},
+    "preallocation": {
+        "type": "str",
+        "default": "off",
+        "choices": ["off", "metadata", "falloc"],
+    },
+    "allow_overcommit": {"type": "bool", "default": False},
+    "backing": {
+        "type": "dict",
+        "options": {
+            "volume": {"type": "str"},
+            "pool": {"type": "str"},
+            "path": {"type": "str"},
+            "format": {"type": "str", "choices": ["raw", "qcow2"]},
+        },
+        "mutually_exclusive": [["volume", "path"], ["pool", "path"]],
+        "required_one_of": [["volume", "path"]],
+    },
+    "clone_from": {
+        "type": "dict",
+        "options": {
+            "volume": {"type": "str", "required": True},
+            "pool": {"type": "str"},
+        },
+    },
+    "source_path": {"type": "path"},
+    "source_url": {"type": "str"},
+    "checksum": {"type": "str"},
+    "force": {"type": "bool", "default": False},
+    "url_timeout": {"type": "int", "default": 60},
+    "validate_certs": {"type": "bool", "default": True},
+    "allow_shrink": {"type": "bool", "default": False},
+    "wipe": {"type": "bool", "default": False},
+}
+VOLUME_MUTUALLY_EXCLUSIVE = [["backing", "clone_from", "source_path", "source_url"]]
+
+
+@dataclass
+class Checksum:
+    algorithm: str
+    digest: str
+
+    @classmethod
+    def parse(cls, value: str) -> Checksum:
+        algo, sep, digest = value.partition(":")
+        if not sep or not digest:
+            raise KvmValidationError(f"checksum must look like 'sha256:HEXDIGEST', got '{value}'")
+        algo = algo.strip().lower()
+        if algo not in hashlib.algorithms_available:
+            raise KvmValidationError(f"checksum algorithm '{algo}' is not available")
+        digest = digest.strip().lower()
+        expected_len = hashlib.new(algo).digest_size * 2
+        if len(digest) != expected_len or any(c not in "0123456789abcdef" for c in digest):
+            raise KvmValidationError(
+                f"checksum digest for {algo} must be {expected_len} hexadecimal digits"
+            )
+        return cls(algo, digest)
+
+    def new(self):
+        return hashlib.new(self.algorithm)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.digest}"
+
+
+def qcow2_virtual_size(header: bytes) -> int | None:
+    """The virtual size of a qcow2 image from its first 32 bytes, or None if not qcow2."""
+    if len(header) >= 32 and header[:4] == QCOW2_MAGIC:
+        return struct.unpack(">Q", header[24:32])[0]
+    return None
+
+
+@dataclass
+class ImportFile:
+    """A local file ready for upload: its path, size, virtual size and digest."""
+
+    path: str
+    size: int
+    virtual_size: int
+    digest: str | None
+    temporary: bool = False
+
+    def cleanup(self) -> None:
+        if self.temporary:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class VolumeManager:
+    def __init__(self, kvm, fetch: Callable[..., Any] | None = None) -> None:
+        self.kvm = kvm
+        self.params = kvm.params
+        self.conn = kvm.conn
+        self.check = kvm.check_mode
+        self.diff = DifferenceTracker()
+        self.result: dict[str, Any] = {"changed": False, "actions": []}
+        self._fetch = fetch  # injectable downloader (tests); fetch_url by default
+        self.checksum = Checksum.parse(self.params["checksum"]) if self.params["checksum"] else None
+        self.capacity = self._capacity()
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self) -> dict[str, Any]:
+        self._validate()
+        self.pool = lookup_pool(self.conn, self.params["pool"])
+        if not self.pool.isActive():
+            raise KvmValidationError(
+                f"Storage pool '{self.params['pool']}' is not running: start it first "
+                "(virtops.kvm.pool with active=true)"
+            )
+        self.pool_spec = PoolSpec.from_xml(self.pool.XMLDesc(0))
+        vol = lookup_volume(self.pool, self.params["name"])
+        if self.params["state"] == "absent":
+            self.absent(vol)
+        elif vol is None:
+            self.create()
+        else:
+            self.update(vol)
+        self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
+        if self.kvm.diff_mode:
+            self.result["diff"] = self.diff.diff()
+        return self.result
+
+    def _act(self, action: str) -> None:
+        self.result["actions"].append(action)
+
+    def _capacity(self) -> int | None:
+        value = self.params["capacity"]
+        if value is None:
+            return None
+        size = parse_size(value, what="capacity")
+        if size <= 0:
+            raise KvmValidationError(f"capacity must be positive, got '{value}'")
+        return round_up(size)
+
+    def _validate(self) -> None:
+        p = self.params
+        importing = p["source_path"] or p["source_url"]
+        if p["state"] == "absent":
+            return
+        if importing and self.capacity is not None:
+            raise KvmValidationError(
+                "capacity cannot be combined with source_path/source_url: the imported "
+                "volume keeps the image's size so that its checksum can be verified later. "
+                "Create an overlay (backing) of the size you need on the imported volume."
+            )
+        if p["checksum"] and not importing:
+            raise KvmValidationError("checksum applies to source_path or source_url imports")
+        if p["preallocation"] == "metadata" and self._format() != "qcow2":
+            raise KvmValidationError("preallocation=metadata needs format=qcow2")
+        if p["backing"] and p["format"] == "raw":
+            raise KvmValidationError("an overlay on a backing image must be format=qcow2")
+        if p["source_url"] and not p["source_url"].startswith(("http://", "https://", "ftp://")):
+            raise KvmValidationError(f"source_url must be an http(s) or ftp URL: {p['source_url']}")
+
+    def _format(self) -> str:
+        if self.params["format"]:
+            return self.params["format"]
+        return "qcow2" if self.params["backing"] else "raw"
+
+    def _sparse(self) -> bool:
+        return self.pool_spec.type in (*FILE_POOL_TYPES, "rbd") and (
+            self.params["preallocation"] != "falloc"
+        )
+
+    # ------------------------------------------------------------------ space guard
+
+    def _guard(self, *, written: int, capacity: int, sparse: bool, what: str) -> None:
+        """Refuse what does not fit the pool's available space.
+
+        ``written`` bytes are written at once (never overcommitted); the rest up to
+        ``capacity`` is allocated later by a sparse volume, which ``allow_overcommit`` permits.
+        """
+        try:
+            self.pool.refresh(0)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"refresh storage pool '{self.pool.name()}'") from exc
+        available = self.pool.info()[3]
+        name = f"Volume '{self.params['name']}'"
+        where = f"pool '{self.pool.name()}' has {human(available)} ({available} bytes) available"
+        if written > available:
+            raise KvmValidationError(
+                f"{name} does not fit: {what} writes {human(written)} ({written} bytes) but "
+                f"{where}. Free space in the pool or use another pool.",
+                needed=written,
+                available=available,
+            )
+        if capacity > available:
+            if not sparse:
+                raise KvmValidationError(
+                    f"{name} does not fit: {what} needs {human(capacity)} ({capacity} bytes) "
+                    f"allocated but {where}. Preallocated volumes cannot be overcommitted.",
+                    needed=capacity,
+                    available=available,
+                )
+            if not self.params["allow_overcommit"]:
+                raise KvmValidationError(
+                    f"{name} does not fit: {what} has a capacity of {human(capacity)} "
+                    f"({capacity} bytes) but {where}. It is sparse, so set "
+                    "allow_overcommit=true to create it anyway (writes fail once the pool "
+                    "is full).",
+                    needed=capacity,
+                    available=available,
+                )
+            self.kvm.warn(
+                f"{name} overcommits pool '{self.pool.name()}': capacity {human(capacity)}, "
+                f"available {human(available)}"
+            )
+
+    # ------------------------------------------------------------------ create
+
+    def create(self) -> None:
+        p = self.params
+        if p["source_path"] or p["source_url"]:
+            self._import_new()
+            return
+        if p["clone_from"]:
+            self._clone_new()
+            return
+        fmt = self._format()
+        spec = VolumeSpec(name=p["name"], capacity=0, format=fmt, allocation=0)
+        if p["backing"]:
+            backing = self._backing()
+            spec.backing = BackingStore(path=backing["path"], format=backing["format"])
+            spec.capacity = self.capacity or backing["capacity"]
+            if spec.capacity < backing["capacity"]:
+                raise KvmValidationError(
+                    f"capacity {spec.capacity} is smaller than the backing image "
+                    f"({backing['capacity']} bytes): an overlay cannot be smaller than its base"
+                )
+        else:
+            if self.capacity is None:
+                raise KvmValidationError(
+                    f"Volume '{p['name']}' does not exist: capacity is required to create it"
+                )
+            spec.capacity = self.capacity
+        flags = 0
+        if p["preallocation"] == "falloc":
+            spec.allocation = spec.capacity
+        if p["preallocation"] in ("metadata", "falloc") and fmt == "qcow2":
+            flags |= libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+        if self.pool_spec.type in ("logical", "rbd"):
+            spec.format = None  # block and RBD volumes are raw; libvirt rejects a file format
+        self._guard(
+            written=spec.allocation or 0,
+            capacity=spec.capacity,
+            sparse=self._sparse(),
+            what="creating it",
+        )
+        self._record_new(spec)
+        self._act("create")
+        if self.check:
+            return
+        vol = self._pool_call(lambda: self.pool.createXML(spec.to_xml(), flags), "create")
+        self.result["volume"] = volume_view(vol)
+
+    def _record_new(self, spec: VolumeSpec) -> None:
+        self.diff.add("state", "absent", "present")
+        self.diff.add("format", None, spec.format)
+        self.diff.add("capacity", None, spec.capacity)
+        self.diff.add(
+            "backing_store",
+            None,
+            {"path": spec.backing.path, "format": spec.backing.format} if spec.backing else None,
+        )
+        self.result["volume"] = None
+
+    def _backing(self) -> dict[str, Any]:
+        """Path, format and capacity of the backing image named by the ``backing`` option."""
+        b = self.params["backing"]
+        if b.get("path"):
+            vol = self._lookup_path(b["path"])
+        else:
+            pool = self.pool
+            if b.get("pool") and b["pool"] != self.pool.name():
+                pool = lookup_pool(self.conn, b["pool"])
+            vol = lookup_volume(pool, b["volume"]) if pool.isActive() else None
+            if vol is None:
+                raise KvmValidationError(
+                    f"Backing volume '{b['volume']}' not found in pool '{pool.name()}'"
+                )
+        spec = VolumeSpec.from_xml(vol.XMLDesc(0))
+        fmt = b.get("format") or spec.format or "raw"
+        if b.get("format") and spec.format and spec.format != b["format"]:
+            raise KvmValidationError(
+                f"Backing image {spec.path} is {spec.format}, not {b['format']}"
+            )
+        return {"path": vol.path(), "format": fmt, "capacity": spec.capacity}
+
+    def _lookup_path(self, path: str):
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as exc:
+            raise KvmValidationError(
+                f"Backing image '{path}' is not a volume of a running storage pool "
+                f"({exc.get_error_message()})"
+            ) from exc
+
+    def _clone_new(self) -> None:
+        c = self.params["clone_from"]
+        pool = self.pool
+        if c.get("pool") and c["pool"] != self.pool.name():
+            pool = lookup_pool(self.conn, c["pool"])
+        src = lookup_volume(pool, c["volume"]) if pool.isActive() else None
+        if src is None:
+            raise KvmValidationError(
+                f"Volume to clone '{c['volume']}' not found in '{pool.name()}'"
+            )
+        src_spec = VolumeSpec.from_xml(src.XMLDesc(0))
+        fmt = self.params["format"] or src_spec.format or "raw"
+        capacity = self.capacity or src_spec.capacity
+        if capacity < src_spec.capacity:
+            raise KvmValidationError(
+                f"capacity {capacity} is smaller than the volume to clone "
+                f"({src_spec.capacity} bytes)"
+            )
+        spec = VolumeSpec(name=self.params["name"], capacity=capacity, format=fmt, allocation=0)
+        if self.pool_spec.type in ("logical", "rbd"):
+            spec.format = None
+        self._guard(
+            written=src_spec.allocation or 0,
+            capacity=capacity,
+            sparse=self._sparse(),
+            what=f"cloning '{c['volume']}'",
+        )
+        self._record_new(spec)
+        self.result["cloned_from"] = src.path()
+        self._act("clone")
+        if self.check:
+            return
+        vol = self._pool_call(lambda: self.pool.createXMLFrom(spec.to_xml(), src, 0), "clone")
+        self.result["volume"] = volume_view(vol)
+
+    # ------------------------------------------------------------------ import
+
+    def _import_new(self, *, replacing: bool = False) -> None:
+        p = self.params
+        self._act("import")
+        if not replacing:
+            self.diff.add("state", "absent", "present")
+        self.result["volume"] = None
+        if self.check:
+            # Nothing is downloaded in check mode; a local file is verified now.
+            if p["source_path"]:
+                self._local_file()
+            self.diff.add("format", None, p["format"])
+            self.diff.add("checksum", None, str(self.checksum) if self.checksum else None)
+            return
+        src = self._local_file() if p["source_path"] else self._download()
+        try:
+            self._guard(
+                written=src.size,
+                capacity=max(src.virtual_size, src.size),
+                sparse=self._sparse(),
+                what=f"importing {p['source_path'] or p['source_url']}",
+            )
+            spec = VolumeSpec(name=p["name"], capacity=src.size, format="raw", allocation=0)
+            vol = self._upload_new(spec, src)
+        finally:
+            src.cleanup()
+        view = volume_view(vol)
+        view["checksum"] = f"{self.checksum.algorithm}:{src.digest}" if self.checksum else None
+        self.diff.add("format", None, view["format"])
+        self.diff.add("capacity", None, view["capacity"])
+        self.diff.add("checksum", None, view["checksum"])
+        self.result["volume"] = view
+
+    def _local_file(self) -> ImportFile:
+        path = self.params["source_path"]
+        if not os.path.isfile(path):
+            raise KvmValidationError(f"source_path '{path}' is not a file on the managed host")
+        with open(path, "rb") as fh:
+            header = fh.read(32)
+        digest = None
+        if self.checksum:
+            digest = self._hash_file(path)
+            self._verify(digest, path)
+        size = os.path.getsize(path)
+        return ImportFile(path, size, qcow2_virtual_size(header) or size, digest)
+
+    def _hash_file(self, path: str) -> str:
+        h = self.checksum.new()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def _verify(self, digest: str, what: str) -> None:
+        if digest != self.checksum.digest:
+            raise KvmValidationError(
+                f"Checksum mismatch for {what}: expected {self.checksum}, got "
+                f"{self.checksum.algorithm}:{digest}. Nothing was imported.",
+                expected=str(self.checksum),
+                actual=f"{self.checksum.algorithm}:{digest}",
+            )
+
+    def _download(self) -> ImportFile:
+        """Stream the URL to a temporary file, hashing as it goes; verify before upload."""
+        url = self.params["source_url"]
+        fetch = self._fetch or self._fetch_url
+        fd, tmp = tempfile.mkstemp(prefix="virtops-volume-", dir=self.kvm.module.tmpdir)
+        h = self.checksum.new() if self.checksum else None
+        size = 0
+        header = b""
+        try:
+            with os.fdopen(fd, "wb") as out:
+                response = fetch(url)
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    if len(header) < 32:
+                        header += chunk[: 32 - len(header)]
+                    size += len(chunk)
+                    out.write(chunk)
+                    if h is not None:
+                        h.update(chunk)
+            if size == 0:
+                raise KvmValidationError(f"Download of {url} returned no data")
+            digest = h.hexdigest() if h is not None else None
+            if digest is not None:
+                self._verify(digest, url)
+        except (KvmError, OSError):
+            os.unlink(tmp)
+            raise
+        self.result["downloaded_bytes"] = size
+        return ImportFile(tmp, size, qcow2_virtual_size(header) or size, digest, temporary=True)
+
+    def _fetch_url(self, url: str):
+        from ansible.module_utils.urls import fetch_url  # noqa: PLC0415 (only imports need it)
+
+        module = self.kvm.module
+        response, info = fetch_url(module, url, timeout=self.params["url_timeout"])
+        if response is None or info.get("status") != 200:
+            raise KvmError(
+                f"Failed to download {url}: HTTP {info.get('status')} {info.get('msg', '')}",
+                status=info.get("status"),
+            )
+        return response
+
+    def _upload_new(self, spec: VolumeSpec, src: ImportFile):
+        """Create a raw volume of the file's size and stream the file into it.
+
+        libvirt probes the file's real format (raw or qcow2) when the pool is refreshed.
+        On any failure the new volume is deleted.
+        """
+        if self.pool_spec.type in ("logical", "rbd"):
+            spec.format = None
+        vol = self._pool_call(lambda: self.pool.createXML(spec.to_xml(), 0), "create")
+        try:
+            stream = self.conn.newStream(0)
+            vol.upload(stream, 0, src.size, 0)
+            with open(src.path, "rb") as fh:
+                try:
+                    stream.sendAll(lambda _s, n, f: f.read(min(n, CHUNK)), fh)
+                    stream.finish()
+                except libvirt.libvirtError:
+                    stream.abort()
+                    raise
+            self.pool.refresh(0)
+            vol = self.pool.storageVolLookupByName(spec.name)
+            actual_format = VolumeSpec.from_xml(vol.XMLDesc(0)).format
+            wanted = self.params["format"]
+            if wanted and actual_format and actual_format != wanted:
+                raise KvmValidationError(
+                    f"The imported image is {actual_format}, but format={wanted} was asked. "
+                    "Nothing was imported."
+                )
+        except (KvmError, libvirt.libvirtError) as exc:
+            self._delete_quietly(spec.name)
+            if isinstance(exc, KvmError):
+                raise
+            raise from_libvirt(exc, f"upload into volume '{spec.name}'") from exc
+        return vol
+
+    def _delete_quietly(self, name: str) -> None:
+        try:
+            self.pool.refresh(0)
+            vol = lookup_volume(self.pool, name)
+            if vol is not None:
+                vol.delete(0)
+        except (KvmError, libvirt.libvirtError):
+            pass
+
+    def volume_digest(self, vol) -> str:
+        """Hash a volume's content as stored (``virStorageVolDownload``)."""
+        h = self.checksum.new()
+        stream = self.conn.newStream(0)
+        try:
+            vol.download(stream, 0, 0, 0)
+            stream.recvAll(lambda _s, data, hh: hh.update(data), h)
+            stream.finish()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"read volume '{vol.name()}' to verify its checksum") from exc
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, vol) -> None:
+        p = self.params
+        actual = VolumeSpec.from_xml(vol.XMLDesc(0))
+        self.diff.add("state", "present", "present")
+        self.result["volume"] = volume_view(vol)
+        if p["format"] and actual.format and p["format"] != actual.format:
+            raise KvmValidationError(
+                f"Volume '{p['name']}' exists as {actual.format}, not {p['format']}: the "
+                "format of a volume cannot change. Delete it or use another name."
+            )
+        if p["backing"]:
+            want = self._backing()
+            have = actual.backing.path if actual.backing else None
+            if have != want["path"]:
+                raise KvmValidationError(
+                    f"Volume '{p['name']}' exists with backing store {have or 'none'}, not "
+                    f"{want['path']}: the backing store cannot change. Delete it first."
+                )
+        if self.checksum is not None:
+            digest = self.volume_digest(vol)
+            before = f"{self.checksum.algorithm}:{digest}"
+            self.result["checksum_verified"] = digest == self.checksum.digest
+            if digest != self.checksum.digest:
+                if not p["force"]:
+                    raise KvmValidationError(
+                        f"Volume '{p['name']}' exists but its content does not match "
+                        f"{self.checksum} (it has {before}). Set force=true to replace it "
+                        "with a new import, or use another name.",
+                        actual=before,
+                    )
+                self.diff.add("checksum", before, str(self.checksum))
+                self._act("replace")
+                if not self.check:
+                    self._reimport(vol)
+                return
+        if self.capacity is not None:
+            self._resize(vol, actual)
+        self.result["volume"] = volume_view(vol)
+
+    def _reimport(self, vol) -> None:
+        users = self._running_users(vol.path())
+        if users:
+            raise KvmValidationError(
+                f"Volume '{self.params['name']}' is in use by running guest(s) "
+                f"{', '.join(d.name() for d, _ in users)}: not replacing it"
+            )
+        self._pool_call(lambda: vol.delete(0), "delete (to replace)")
+        self._import_new(replacing=True)
+
+    def _resize(self, vol, actual: VolumeSpec) -> None:
+        p = self.params
+        want = self.capacity
+        have = actual.capacity
+        if self.pool_spec.type == "logical":
+            want = round_up(want, 4 * 1024 * 1024)  # LVM extents; libvirt rounds up too
+        if want == have:
+            self.diff.add("capacity", have, have)
+            return
+        if want < have and not p["allow_shrink"]:
+            raise KvmValidationError(
+                f"Refusing to shrink volume '{p['name']}' from {human(have)} ({have} bytes) to "
+                f"{human(want)} ({want} bytes): data past the new end would be lost. Set "
+                "allow_shrink=true to shrink it, or leave capacity as it is.",
+                capacity=have,
+                requested=want,
+            )
+        self.diff.add("capacity", have, want)
+        if want > have:
+            allocate = p["preallocation"] == "falloc"
+            self._guard(
+                written=want - have if allocate else 0,
+                capacity=want - have,
+                sparse=self._sparse() and not allocate,
+                what=f"growing it by {human(want - have)}",
+            )
+        users = self._running_users(vol.path())
+        action = "grow" if want > have else "shrink"
+        if users:
+            dom, target = users[0]
+            self.result["resized_via"] = f"blockResize of {target} in running guest {dom.name()}"
+            self._act(f"{action} (live, guest {dom.name()})")
+            if self.check:
+                return
+            try:
+                dom.blockResize(target, want, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"resize disk {target} of guest '{dom.name()}'") from exc
+            return
+        self._act(action)
+        if self.check:
+            return
+        flags = 0
+        if want < have:
+            flags |= libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
+        elif p["preallocation"] == "falloc":
+            flags |= libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE
+        try:
+            vol.resize(want, flags)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"resize volume '{p['name']}'") from exc
+
+    def _running_users(self, path: str) -> list[tuple[Any, str]]:
+        """(domain, disk target) of running guests whose disk source is ``path``."""
+        users = []
+        try:
+            domains = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "list running guests") from exc
+        for dom in domains:
+            try:
+                root = _xml.parse(dom.XMLDesc(0), "domain XML")
+            except libvirt.libvirtError:
+                continue  # the guest went away meanwhile
+            for disk in root.findall("devices/disk"):
+                src = disk.find("source")
+                if src is None:
+                    continue
+                if path in (src.get("file"), src.get("dev")):
+                    users.append((dom, _xml.attr(disk, "target", "dev")))
+        return users
+
+    # ------------------------------------------------------------------ absent
+
+    def absent(self, vol) -> None:
+        p = self.params
+        if vol is None:
+            self.diff.add("state", "absent", "absent")
+            self.result["volume"] = None
+            return
+        path = vol.path()
+        users = self._running_users(path)
+        if users:
+            raise KvmValidationError(
+                f"Volume '{p['name']}' is in use by running guest(s) "
+                f"{', '.join(d.name() for d, _ in users)}: stop them or detach it first"
+            )
+        dependants = []
+        for other in self.pool.listAllVolumes(0):
+            spec = VolumeSpec.from_xml(other.XMLDesc(0))
+            if spec.backing is not None and spec.backing.path == path:
+                dependants.append(other.name())
+        if dependants:
+            raise KvmValidationError(
+                f"Volume '{p['name']}' is the backing image of {', '.join(sorted(dependants))} "
+                "in the same pool: delete those first"
+            )
+        self.diff.add("state", "present", "absent")
+        if p["wipe"]:
+            self._act("wipe")
+        self._act("delete")
+        self.result["volume"] = None
+        if self.check:
+            return
+        if p["wipe"]:
+            try:
+                vol.wipe(0)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"wipe volume '{p['name']}'") from exc
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"delete volume '{p['name']}'") from exc
+
+    def _pool_call(self, func, action: str):
+        try:
+            return func()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(
+                exc, f"{action} volume '{self.params['name']}' in pool '{self.pool.name()}'"
+            ) from exc

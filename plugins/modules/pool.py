@@ -1,0 +1,285 @@
+#!/usr/bin/python
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pool
+short_description: Manage libvirt storage pools
+version_added: 0.1.0
+description:
+  - Define, build, start, stop, autostart, refresh and remove libvirt storage pools of types
+    V(dir), V(fs), V(netfs) (NFS), V(logical) (LVM volume group) and V(rbd) (Ceph RBD).
+  - The pool is persistent. Its storage is built (the directory created, the file system
+    made, the volume group created) only when starting it fails and O(build=true), and
+    always with libvirt's no-overwrite build, so existing data is never formatted over.
+  - The O(type) and O(target) of an existing pool cannot change, and the module fails with a
+    message saying so. A changed O(source) is written to the pool's persistent
+    configuration; a running pool keeps using the old source until it is stopped and
+    started, and the module reports that in RV(restart_required).
+  - Returns the capacity, allocation and available bytes of the pool.
+author: virtops.kvm contributors
+extends_documentation_fragment:
+  - virtops.kvm.connection
+  - virtops.kvm.connection.actiongroup_kvm
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+    details: A second run with the same options reports no change (O(refresh) is not a change).
+options:
+  name:
+    description: Name of the storage pool.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) defines the pool (and starts it when O(active=true)).
+      - V(absent) stops and undefines it; see O(delete_storage).
+    type: str
+    choices: [present, absent]
+    default: present
+  type:
+    description:
+      - The pool type. Required with O(state=present).
+      - V(rbd) needs libvirt's RBD storage backend on the host
+        (Debian package C(libvirt-daemon-driver-storage-rbd)) and a Ceph cluster.
+    type: str
+    choices: [dir, fs, netfs, logical, rbd]
+  target:
+    description:
+      - The directory of V(dir), V(fs) and V(netfs) pools (required for these types) -
+        where the pool's files live, or where the file system is mounted.
+      - For V(logical) pools it defaults to V(/dev/VGNAME). It does not apply to V(rbd).
+      - Cannot change once the pool exists.
+    type: path
+  source:
+    description: Where the storage comes from (not for V(dir) pools).
+    type: dict
+    suboptions:
+      hosts:
+        description:
+          - V(netfs) - exactly one NFS server. V(rbd) - the Ceph monitors.
+          - Each is V(HOST) or V(HOST:PORT).
+        type: list
+        elements: str
+      dir:
+        description: V(netfs) - the exported directory on the server, for example V(/srv/nfs/vms).
+        type: str
+      devices:
+        description:
+          - V(fs) - exactly one block device holding the file system.
+          - V(logical) - the physical volumes of the volume group (needed to build it).
+        type: list
+        elements: str
+      name:
+        description:
+          - V(logical) - the volume group name (defaults to O(name)).
+          - V(rbd) - the Ceph pool name (required).
+        type: str
+      format:
+        description:
+          - V(fs) - the file system type (V(auto), V(ext4), V(xfs)...); used to build it.
+          - V(netfs) - V(nfs) (default), V(auto), V(glusterfs) or V(cifs).
+          - V(logical) - V(lvm2).
+        type: str
+      protocol_version:
+        description: V(netfs) with V(nfs) - the NFS protocol version to mount with, such as V(4).
+        type: str
+      auth:
+        description:
+          - V(rbd) - Ceph authentication with a libvirt secret of usage type C(ceph).
+        type: dict
+        suboptions:
+          username:
+            description: The Ceph user, without the C(client.) prefix.
+            type: str
+            required: true
+          secret_usage:
+            description:
+              - The usage name of the libvirt secret holding the key.
+              - Defaults to V(client.USERNAME secret) when O(source.auth.secret_uuid) is not set.
+            type: str
+          secret_uuid:
+            description: The UUID of the libvirt secret holding the key.
+            type: str
+          secret_value:
+            description:
+              - The Ceph key in base64, as in a keyring file.
+              - When set, the module creates the libvirt secret if it is missing (private,
+                persistent) and sets its value. A failed pool creation removes the secret
+                it made.
+              - libvirt does not give back the value of a private secret, so an existing
+                secret's value is only set again with O(source.auth.secret_update=always).
+            type: str
+          secret_update:
+            description:
+              - V(on_create) sets the value only when the module creates the secret.
+              - V(always) sets it on every run (and so always reports a change).
+            type: str
+            choices: [on_create, always]
+            default: on_create
+  active:
+    description: Whether the pool should be running (started).
+    type: bool
+    default: true
+  autostart:
+    description: Whether libvirt starts the pool when it starts. Not managed when omitted.
+    type: bool
+  build:
+    description:
+      - When starting the pool fails (the directory does not exist, the device has no file
+        system, the volume group does not exist), build the storage with libvirt's
+        no-overwrite build and start again.
+      - Building never formats over an existing file system or volume group.
+    type: bool
+    default: true
+  refresh:
+    description:
+      - Refresh the pool (rescan its volumes and capacities) on a running pool.
+      - This only updates libvirt's view of the storage, so it is not reported as a change.
+    type: bool
+    default: false
+  delete_storage:
+    description:
+      - With O(state=absent), delete every volume of the pool and then the pool's storage
+        (libvirt's pool delete) before undefining it.
+      - V(dir), V(fs) and V(netfs) - the target directory is removed; V(logical) - the
+        volume group is removed (C(vgremove), C(pvremove)). The file system on an V(fs)
+        device is not wiped.
+      - An inactive pool is started first so that its volumes can be deleted.
+    type: bool
+    default: false
+notes:
+  - NFS (V(netfs)) needs the kernel NFS client on the host; V(logical) needs LVM2 and
+    device-mapper; V(rbd) needs a reachable Ceph cluster.
+seealso:
+  - module: virtops.kvm.pool_info
+  - module: virtops.kvm.volume
+"""
+
+EXAMPLES = r"""
+- name: A directory pool for guest images
+  virtops.kvm.pool:
+    name: images
+    type: dir
+    target: /var/lib/libvirt/images
+    autostart: true
+
+- name: An NFS pool, mounted on /var/lib/libvirt/nfs
+  virtops.kvm.pool:
+    name: nfs
+    type: netfs
+    target: /var/lib/libvirt/nfs
+    source:
+      hosts: [nfs.example.com]
+      dir: /srv/nfs/vms
+      protocol_version: "4"
+
+- name: An LVM pool on a new volume group made from /dev/sdb
+  virtops.kvm.pool:
+    name: vg_guests
+    type: logical
+    source:
+      devices: [/dev/sdb]
+
+- name: A Ceph RBD pool, creating the libvirt secret of the Ceph key
+  virtops.kvm.pool:
+    name: ceph
+    type: rbd
+    source:
+      name: libvirt-pool
+      hosts: [mon1.example.com, "mon2.example.com:6789"]
+      auth:
+        username: libvirt
+        secret_value: "{{ ceph_libvirt_key }}"
+
+- name: Remove a pool and everything in it
+  virtops.kvm.pool:
+    name: scratch
+    state: absent
+    delete_storage: true
+"""
+
+RETURN = r"""
+pool:
+  description: >-
+    The pool after the run; V(null) when it is absent (or, in check mode, not yet created).
+  returned: always
+  type: dict
+  contains:
+    name: {description: Name., type: str, returned: success}
+    uuid: {description: UUID., type: str, returned: success}
+    type: {description: Pool type., type: str, returned: success, sample: dir}
+    target: {description: Target directory (none for rbd)., type: str, returned: success}
+    source: {description: Source settings as given to libvirt., type: dict, returned: success}
+    state:
+      description: V(inactive), V(building), V(running), V(degraded) or V(inaccessible).
+      type: str
+      returned: success
+    active: {description: Whether the pool is running., type: bool, returned: success}
+    autostart: {description: Whether it starts with libvirt., type: bool, returned: success}
+    persistent: {description: Whether it is defined (not transient)., type: bool, returned: success}
+    capacity:
+      description: Size of the pool in bytes (0 when inactive).
+      type: int
+      returned: success
+    allocation: {description: Bytes allocated., type: int, returned: success}
+    available: {description: Bytes free for new volumes., type: int, returned: success}
+    volume_count:
+      description: Number of volumes (null when inactive).
+      type: int
+      returned: success
+actions:
+  description: What the module did (or would do in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [define, build, start]
+restart_required:
+  description: >-
+    Settings that changed in the persistent configuration only, and need the pool stopped and
+    started.
+  returned: when the pool existed
+  type: list
+  elements: str
+  sample: [source]
+deleted_volumes:
+  description: Names of the volumes deleted (or to delete) with O(delete_storage=true).
+  returned: with O(state=absent) and O(delete_storage=true)
+  type: list
+  elements: str
+secret_uuid:
+  description: UUID of the Ceph secret created or updated.
+  returned: when a secret was created or updated
+  type: str
+refreshed:
+  description: Whether the pool was refreshed.
+  returned: when O(refresh=true) and the pool is running
+  type: bool
+"""
+
+from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._pool import (  # noqa: E402
+    POOL_ARGUMENT_SPEC,
+    POOL_REQUIRED_IF,
+    PoolManager,
+)
+
+
+def main() -> None:
+    module = KvmModule(
+        argument_spec=POOL_ARGUMENT_SPEC,
+        required_if=POOL_REQUIRED_IF,
+        supports_check_mode=True,
+    )
+    module.run(lambda m: PoolManager(m).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+#!/usr/bin/python
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: volume
+short_description: Manage volumes in libvirt storage pools
+version_added: 0.1.0
+description:
+  - Create, import, clone, grow and delete volumes of a running libvirt storage pool.
+  - A new volume is one of - an empty V(raw) or V(qcow2) volume of O(capacity); a V(qcow2)
+    overlay on a backing image (O(backing)); an import of a local file (O(source_path)) or
+    a URL (O(source_url)); a clone of another volume (O(clone_from)).
+  - "Disk-space guard: a new or grown volume that does not fit the pool's available space
+    is refused. Sparse volumes (V(raw) or V(qcow2) without preallocation in file pools, RBD)
+    may overcommit the pool with O(allow_overcommit=true); preallocated ones never."
+  - O(capacity) of an existing volume is grown to the new value. When a running guest uses
+    the volume, it is grown with the guest's block resize, so the guest sees the new size
+    at once. Shrinking fails unless O(allow_shrink=true).
+author: virtops.kvm contributors
+extends_documentation_fragment:
+  - virtops.kvm.connection
+  - virtops.kvm.connection.actiongroup_kvm
+attributes:
+  check_mode:
+    support: full
+    details: >-
+      Nothing is downloaded in check mode; an existing volume is still read to verify
+      O(checksum).
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+    details: >-
+      Imports happen once; when the volume exists and O(checksum) matches its content, nothing is
+      downloaded.
+options:
+  pool:
+    description: Name of the storage pool (it must be running).
+    type: str
+    required: true
+  name:
+    description: Name of the volume in the pool (the file name in directory pools).
+    type: str
+    required: true
+  state:
+    description: Whether the volume should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  capacity:
+    description:
+      - The size the guest sees, as bytes or with a unit (V(10GiB), V(512M), V(1048576)).
+        Rounded up to a multiple of 512 bytes (of 4 MiB in V(logical) pools).
+      - Required to create an empty volume. For an overlay it defaults to the backing
+        image's size, for a clone to the source's size.
+      - For an existing volume, a bigger value grows it; a smaller one fails unless
+        O(allow_shrink=true).
+      - Not allowed with O(source_path) or O(source_url) (see O(checksum)).
+    type: raw
+  format:
+    description:
+      - Volume format. Defaults to V(qcow2) with O(backing), else V(raw).
+      - For imports, the format the image must have (libvirt probes it after the upload);
+        the import fails and is removed when it differs.
+      - Ignored in V(logical) and V(rbd) pools (always raw).
+    type: str
+    choices: [raw, qcow2]
+  preallocation:
+    description:
+      - V(off) - a sparse volume.
+      - V(metadata) - V(qcow2) only, preallocate the qcow2 metadata.
+      - V(falloc) - allocate all of O(capacity) up front (V(raw) - fallocate; V(qcow2) -
+        C(preallocation=falloc)). Such a volume must fit the pool; growing allocates too.
+    type: str
+    choices: ['off', metadata, falloc]
+    default: 'off'
+  allow_overcommit:
+    description:
+      - Allow a sparse volume whose capacity exceeds the pool's available space.
+      - Data written by the import or clone itself must still fit.
+    type: bool
+    default: false
+  backing:
+    description: Create a V(qcow2) overlay on this backing image (only when creating the volume).
+    type: dict
+    suboptions:
+      volume:
+        description: Name of the backing volume.
+        type: str
+      pool:
+        description: Pool of O(backing.volume); defaults to O(pool).
+        type: str
+      path:
+        description: Path of the backing image (a volume of any running pool).
+        type: str
+      format:
+        description: Format of the backing image; defaults to what libvirt reports for it.
+        type: str
+        choices: [raw, qcow2]
+  clone_from:
+    description: Create the volume as a copy of another volume (only when creating it).
+    type: dict
+    suboptions:
+      volume:
+        description: Name of the volume to copy.
+        type: str
+        required: true
+      pool:
+        description: Its pool; defaults to O(pool).
+        type: str
+  source_path:
+    description:
+      - Import this file of the managed host into a new volume (streamed through libvirt,
+        so the pool may be on another host).
+    type: path
+  source_url:
+    description:
+      - Download this URL on the managed host (to a temporary file) and import it into a
+        new volume. V(http), V(https) and V(ftp) URLs.
+    type: str
+  checksum:
+    description:
+      - V(ALGORITHM:HEXDIGEST) of the file to import, for example V(sha256:9f86d0...).
+      - A download or local file that does not match fails, and nothing is imported.
+      - When the volume already exists, its content is read back through libvirt and hashed
+        (this reads the whole volume); when it matches, nothing is downloaded. When it does
+        not match, the module fails unless O(force=true), which replaces the volume.
+      - The recorded checksum is the content itself, so a volume that guests write to (or
+        that is grown) no longer matches. Import base images with a checksum and give guests
+        overlays (O(backing)) on them.
+      - Without O(checksum) an existing volume is left as it is.
+    type: str
+  force:
+    description: Replace an existing imported volume whose content does not match O(checksum).
+    type: bool
+    default: false
+  url_timeout:
+    description: Timeout in seconds of the HTTP request of O(source_url).
+    type: int
+    default: 60
+  validate_certs:
+    description: Validate the TLS certificate of an V(https) O(source_url).
+    type: bool
+    default: true
+  allow_shrink:
+    description: Allow O(capacity) smaller than the volume's (data past the new end is lost).
+    type: bool
+    default: false
+  wipe:
+    description: >-
+      With O(state=absent), overwrite the volume's data (libvirt wipe, zeros) before deleting it.
+    type: bool
+    default: false
+notes:
+  - A volume used by a running guest, or that is the backing image of another volume of
+    the pool, is not deleted.
+seealso:
+  - module: virtops.kvm.pool
+  - module: virtops.kvm.volume_info
+"""
+
+EXAMPLES = r"""
+- name: Import a cloud image once (never downloaded again while the checksum matches)
+  virtops.kvm.volume:
+    pool: images
+    name: debian-12-base.qcow2
+    format: qcow2
+    source_url: https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2
+    checksum: "sha512:{{ debian_image_sha512 }}"
+
+- name: A 20 GiB overlay for a guest on the base image
+  virtops.kvm.volume:
+    pool: images
+    name: web1.qcow2
+    backing:
+      volume: debian-12-base.qcow2
+    capacity: 20GiB
+
+- name: An empty preallocated raw data disk
+  virtops.kvm.volume:
+    pool: images
+    name: web1-data.raw
+    format: raw
+    capacity: 4GiB
+    preallocation: falloc
+
+- name: Grow it (live when a running guest uses it)
+  virtops.kvm.volume:
+    pool: images
+    name: web1-data.raw
+    capacity: 8GiB
+
+- name: Delete a volume, overwriting its data first
+  virtops.kvm.volume:
+    pool: images
+    name: old.qcow2
+    state: absent
+    wipe: true
+"""
+
+RETURN = r"""
+volume:
+  description: The volume after the run; V(null) when absent (or not yet created in check mode).
+  returned: always
+  type: dict
+  contains:
+    name: {description: Name., type: str, returned: success}
+    key: {description: libvirt's unique key., type: str, returned: success}
+    path: {description: Path of the volume on the host., type: str, returned: success}
+    type: {description: V(file), V(block), V(network)..., type: str, returned: success}
+    format: {description: Format (V(raw), V(qcow2)...)., type: str, returned: success}
+    capacity: {description: Size the guest sees, in bytes., type: int, returned: success}
+    allocation: {description: Bytes allocated on the host., type: int, returned: success}
+    physical:
+      description: Size of the file (or device) on the host in bytes, when libvirt reports it.
+      type: int
+      returned: success
+    backing_store:
+      description: V(path) and V(format) of the backing image, or null.
+      type: dict
+      returned: success
+    checksum: {description: Checksum of the imported content., type: str, returned: after an import}
+actions:
+  description: What the module did (or would do), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [create]
+checksum_verified:
+  description: Whether an existing volume's content matched O(checksum).
+  returned: when O(checksum) is set and the volume existed
+  type: bool
+downloaded_bytes:
+  description: Bytes downloaded from O(source_url).
+  returned: when a download happened
+  type: int
+resized_via:
+  description: How a running guest's disk was resized.
+  returned: when the volume was resized through a running guest
+  type: str
+  sample: blockResize of vdb in running guest web1
+"""
+
+from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._volume import (  # noqa: E402
+    VOLUME_ARGUMENT_SPEC,
+    VOLUME_MUTUALLY_EXCLUSIVE,
+    VolumeManager,
+)
+
+
+def main() -> None:
+    module = KvmModule(
+        argument_spec=VOLUME_ARGUMENT_SPEC,
+        mutually_exclusive=VOLUME_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    module.run(lambda m: VolumeManager(m).run())
+
+
+if __name__ == "__main__":
+    main()
