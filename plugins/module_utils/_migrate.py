@@ -1,0 +1,838 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""Moving a guest to another host: the logic behind ``virtops.kvm.migrate``.
+
+One shape: find where the guest is (source, destination, both, neither) -> if it is not
+where it should be, check the destination(s) and choose one -> unless check mode, run the
+migration watched by ``MigrationJob`` -> report the figures, or clean up and say where the
+guest is when it failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from . import _xml
+from ._client import open_connection
+from ._diff import DifferenceTracker
+from ._errors import KvmError, KvmLibvirtError, KvmValidationError, from_libvirt, is_error
+from ._migrate_job import JobOutcome, JobPolicy, MigrationJob, figures, job_active
+from ._migrate_place import (
+    Candidate,
+    CheckRequest,
+    Disk,
+    GuestNeeds,
+    check_destination,
+    choose,
+    host_uuid,
+)
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+
+ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "name": {"type": "str", "required": True},
+    "dest_uri": {"type": "str"},
+    "dest_candidates": {"type": "list", "elements": "str"},
+    "mode": {"type": "str", "default": "live", "choices": ["live", "offline"]},
+    "peer2peer": {"type": "bool", "default": True},
+    "tunnelled": {"type": "bool", "default": False},
+    "tls": {"type": "bool", "default": False},
+    "migrate_uri": {"type": "str"},
+    "storage_copy": {"type": "str", "default": "none", "choices": ["none", "all", "incremental"]},
+    "copy_disks": {"type": "list", "elements": "str"},
+    "create_volumes": {"type": "bool", "default": True},
+    "unsafe": {"type": "bool", "default": False},
+    "max_downtime": {"type": "int"},
+    "bandwidth": {"type": "int"},
+    "postcopy_bandwidth": {"type": "int"},
+    "auto_converge": {"type": "bool", "default": False},
+    "auto_converge_initial": {"type": "int"},
+    "auto_converge_increment": {"type": "int"},
+    "postcopy": {"type": "bool", "default": False},
+    "postcopy_after_iterations": {"type": "int"},
+    "postcopy_after_seconds": {"type": "int"},
+    "compression": {"type": "list", "elements": "str", "choices": ["xbzrle", "mt"]},
+    "parallel_connections": {"type": "int"},
+    "persistent": {"type": "bool", "default": True},
+    "undefine_source": {"type": "bool", "default": True},
+    "timeout": {"type": "int"},
+    "timeout_action": {"type": "str", "default": "abort", "choices": ["abort", "postcopy"]},
+    "memory_reserve_mib": {"type": "int", "default": 0},
+    "check_cpu": {"type": "bool", "default": True},
+    "progress_file": {"type": "path"},
+    "poll_interval": {"type": "float", "default": 1.0},
+}
+
+MODULE_KWARGS: dict[str, Any] = {
+    "mutually_exclusive": [("dest_uri", "dest_candidates")],
+    "required_one_of": [("dest_uri", "dest_candidates")],
+    "supports_check_mode": True,
+}
+
+_LIVE_ONLY = (
+    "max_downtime",
+    "postcopy_after_iterations",
+    "postcopy_after_seconds",
+    "postcopy_bandwidth",
+    "auto_converge_initial",
+    "auto_converge_increment",
+    "compression",
+    "parallel_connections",
+)
+
+STATE_NAMES = {
+    0: "no state",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutting down",
+    5: "shut off",
+    6: "crashed",
+    7: "suspended",
+}
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Refuse contradictory options before anything is looked at or changed."""
+    p = params
+    errors = []
+    live = p["mode"] == "live"
+    if p["tunnelled"] and not p["peer2peer"]:
+        errors.append("tunnelled=true needs peer2peer=true")
+    if p["tunnelled"] and p["migrate_uri"]:
+        errors.append("migrate_uri cannot be used with tunnelled=true (data goes over libvirt)")
+    if p["tunnelled"] and p["parallel_connections"]:
+        errors.append("parallel_connections cannot be used with tunnelled=true")
+    if not live:
+        used = [k for k in _LIVE_ONLY if p[k] is not None]
+        used += [k for k in ("auto_converge", "postcopy") if p[k]]
+        if p["storage_copy"] != "none":
+            used.append("storage_copy")
+        if used:
+            errors.append(
+                f"mode=offline moves only the definition; {', '.join(used)} apply to live"
+            )
+        if not p["persistent"]:
+            errors.append("mode=offline needs persistent=true (the definition is what moves)")
+    for key in (
+        "max_downtime",
+        "bandwidth",
+        "postcopy_bandwidth",
+        "parallel_connections",
+        "timeout",
+        "postcopy_after_iterations",
+        "postcopy_after_seconds",
+    ):
+        if p[key] is not None and p[key] <= 0:
+            errors.append(f"{key} must be greater than 0")
+    for key in ("auto_converge_initial", "auto_converge_increment"):
+        if p[key] is not None and not p["auto_converge"]:
+            errors.append(f"{key} needs auto_converge=true")
+        if p[key] is not None and not 0 < p[key] <= 100:
+            errors.append(f"{key} is a percentage between 1 and 100")
+    needs_postcopy = [
+        k
+        for k in ("postcopy_after_iterations", "postcopy_after_seconds", "postcopy_bandwidth")
+        if p[k] is not None
+    ]
+    if p["timeout_action"] == "postcopy":
+        needs_postcopy.append("timeout_action=postcopy")
+        if not p["timeout"]:
+            errors.append("timeout_action=postcopy needs a timeout")
+    if needs_postcopy and not p["postcopy"] and live:
+        errors.append(f"{', '.join(needs_postcopy)} need postcopy=true")
+    if p["copy_disks"] and p["storage_copy"] == "none":
+        errors.append("copy_disks needs storage_copy=all or storage_copy=incremental")
+    if p["memory_reserve_mib"] < 0:
+        errors.append("memory_reserve_mib cannot be negative")
+    if p["poll_interval"] <= 0:
+        errors.append("poll_interval must be greater than 0")
+    if p["dest_candidates"] is not None and not p["dest_candidates"]:
+        errors.append("dest_candidates is empty")
+    if errors:
+        raise KvmValidationError("Invalid options: " + "; ".join(errors), errors=errors)
+
+
+def default_migrate_uri(dest_uri: str) -> str | None:
+    """``tcp://HOST`` for a destination URI naming a host (None for local URIs).
+
+    libvirt's own default is the destination's host name as the destination resolves it,
+    which often points at a loopback address; the host the user named is a safer guess.
+    """
+    host = urlsplit(dest_uri).hostname
+    if not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"tcp://{host}"
+
+
+def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, Any]]:
+    """libvirt migration flags and typed parameters for the options."""
+    p = params
+    live = p["mode"] == "live"
+    flags = libvirt.VIR_MIGRATE_LIVE if live else libvirt.VIR_MIGRATE_OFFLINE
+    mig: dict[str, Any] = {}
+    toggles = (
+        (p["peer2peer"], "VIR_MIGRATE_PEER2PEER"),
+        (p["tunnelled"], "VIR_MIGRATE_TUNNELLED"),
+        (p["tls"], "VIR_MIGRATE_TLS"),
+        (p["persistent"], "VIR_MIGRATE_PERSIST_DEST"),
+        (p["undefine_source"], "VIR_MIGRATE_UNDEFINE_SOURCE"),
+        (p["storage_copy"] == "all", "VIR_MIGRATE_NON_SHARED_DISK"),
+        (p["storage_copy"] == "incremental", "VIR_MIGRATE_NON_SHARED_INC"),
+        (p["auto_converge"], "VIR_MIGRATE_AUTO_CONVERGE"),
+        (p["postcopy"], "VIR_MIGRATE_POSTCOPY"),
+        (bool(p["compression"]), "VIR_MIGRATE_COMPRESSED"),
+        (bool(p["parallel_connections"]), "VIR_MIGRATE_PARALLEL"),
+        (p["unsafe"], "VIR_MIGRATE_UNSAFE"),
+    )
+    for wanted, name in toggles:
+        if wanted:
+            flags |= getattr(libvirt, name)
+    if live and not p["tunnelled"]:
+        uri = p["migrate_uri"] or default_migrate_uri(dest_uri)
+        if uri:
+            mig[libvirt.VIR_MIGRATE_PARAM_URI] = uri
+    typed = (
+        ("bandwidth", "VIR_MIGRATE_PARAM_BANDWIDTH"),
+        ("postcopy_bandwidth", "VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY"),
+        ("copy_disks", "VIR_MIGRATE_PARAM_MIGRATE_DISKS"),
+        ("compression", "VIR_MIGRATE_PARAM_COMPRESSION"),
+        ("parallel_connections", "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS"),
+        ("auto_converge_initial", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL"),
+        ("auto_converge_increment", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT"),
+    )
+    for key, name in typed:
+        if p[key]:
+            mig[getattr(libvirt, name)] = p[key]
+    return flags, mig
+
+
+def lookup(conn, name: str | None = None, uuid: str | None = None):
+    """The domain by name or UUID, or None when there is none."""
+    try:
+        return conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
+            return None
+        raise
+
+
+def state_name(dom) -> str:
+    return STATE_NAMES.get(dom.state()[0], "unknown")
+
+
+class Progress:
+    """Progress of a running migration: a JSON line per sample in ``progress_file`` and the
+    module log, and a bounded list of samples returned with the result."""
+
+    MAX_SAMPLES = 60
+
+    def __init__(self, guest: str, path: str | None, log: Callable[[str], None] | None) -> None:
+        self.guest = guest
+        self.path = path
+        self.log = log
+        self.samples: list[dict[str, Any]] = []
+
+    def _write(self, record: dict[str, Any]) -> None:
+        record = dict(record, time=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.log:
+            self.log(f"virtops.kvm.migrate: {json.dumps(record, sort_keys=True)}")
+
+    def event(self, event: str, **extra: Any) -> None:
+        self._write(dict(extra, guest=self.guest, event=event))
+
+    def sample(self, elapsed: float, stats: dict[str, Any]) -> None:
+        figs = figures(stats)
+        total = figs["data_total_bytes"] or 0
+        done = figs["data_transferred_bytes"] or 0
+        record = {
+            "elapsed_s": round(elapsed, 1),
+            "percent": round(100.0 * done / total, 1) if total else None,
+            "data_transferred_bytes": done,
+            "data_remaining_bytes": figs["data_remaining_bytes"],
+            "memory_iterations": figs["memory_iterations"],
+            "memory_bps": figs["memory_bps"],
+            "disk_transferred_bytes": figs["disk_transferred_bytes"],
+        }
+        self.samples.append(record)
+        if len(self.samples) > self.MAX_SAMPLES:
+            # keep the first and last, thin out the middle
+            self.samples = self.samples[:1] + self.samples[1:-1:2] + self.samples[-1:]
+        self._write(dict(record, guest=self.guest, event="progress"))
+
+
+class PlacementLock:
+    """Serialises choosing a destination among the same candidates across parallel runs on
+    one machine, until the chosen destination shows the incoming guest (so the next run
+    counts its memory)."""
+
+    def __init__(self, candidates: list[str]) -> None:
+        digest = hashlib.sha256("\n".join(sorted(candidates)).encode()).hexdigest()[:16]
+        self.path = os.path.join(tempfile.gettempdir(), f"virtops-kvm-placement-{digest}.lock")
+        self._handle = None
+
+    def acquire(self) -> None:
+        self._handle = open(self.path, "a")  # held until release()
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+@dataclass
+class Destination:
+    uri: str
+    conn: Any = None
+    error: KvmError | None = None
+    is_source: bool = False
+
+
+@dataclass
+class Attempt:
+    """One migration attempt: where from, where to, and what it created on the way."""
+
+    src: Any
+    src_dom: Any
+    dest: Destination
+    chosen: Candidate
+    needs: GuestNeeds
+    had_before: bool = False  # the destination knew the guest (same UUID) before we started
+    # Only volumes this run created are ever removed again: creating one fails when the
+    # file exists, so they cannot be the guest's own disk on storage shared after all.
+    created: list[str] = field(default_factory=list)
+    outcome: JobOutcome = field(default_factory=JobOutcome)
+
+
+@dataclass
+class Cleanup:
+    notes: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+
+
+class Migrator:
+    """The ``migrate`` module's work for one guest."""
+
+    def __init__(self, kvm, *, opener: Callable[..., Any] = open_connection) -> None:
+        self.kvm = kvm
+        self.p = kvm.params
+        self.opener = opener
+        self.live = self.p["mode"] == "live"
+        log = getattr(getattr(kvm, "module", None), "log", None)
+        self.progress = Progress(self.p["name"], self.p["progress_file"], log)
+        self.dests: list[Destination] = []
+        self.lock: PlacementLock | None = None
+        self.warnings: list[str] = []
+
+    # -- connections -------------------------------------------------------------------
+    def _open(self, uri: str, timeout: float | None = None):
+        return self.opener(uri, timeout=self.p["connect_timeout"] if timeout is None else timeout)
+
+    def _connect_all(self, src) -> None:
+        uris = [self.p["dest_uri"]] if self.p["dest_uri"] else list(self.p["dest_candidates"])
+        src_host = host_uuid(src)
+        for uri in dict.fromkeys(uris):  # keep order, drop repeats
+            dest = Destination(uri)
+            try:
+                dest.conn = self._open(uri)
+            except KvmError as exc:
+                dest.error = exc
+            # The source host under another name (the same list serves every host).
+            if uri == self.p["uri"] or (dest.conn is not None and host_uuid(dest.conn) == src_host):
+                dest.is_source = True
+                if dest.conn is not None:
+                    dest.conn.close()
+                    dest.conn = None
+            self.dests.append(dest)
+
+    def close(self) -> None:
+        for dest in self.dests:
+            if dest.conn is not None:
+                try:
+                    dest.conn.close()
+                except libvirt.libvirtError:
+                    pass
+                dest.conn = None
+        if self.lock is not None:
+            self.lock.release()
+
+    def run(self) -> dict[str, Any]:
+        validate(self.p)
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    # -- the one shape -----------------------------------------------------------------
+    def _run(self) -> dict[str, Any]:
+        name = self.p["name"]
+        src = self.kvm.conn
+        src_uri = self.p["uri"]
+        src_dom = lookup(src, name)
+        self._connect_all(src)
+        if self.p["dest_uri"] and self.dests[0].is_source:
+            raise KvmValidationError(
+                f"The destination {self.p['dest_uri']} is the source host itself, nothing was "
+                "changed"
+            )
+        if self.p["dest_uri"] and self.dests[0].error is not None:
+            err = self.dests[0].error
+            raise KvmError(
+                f"Destination {self.p['dest_uri']} is not reachable, nothing was changed: "
+                f"{err.msg}",
+                **err.details,
+            )
+
+        settled = self._settled(src, src_dom)
+        if settled is not None:
+            return settled
+        if src_dom is None:
+            raise KvmValidationError(
+                f"Guest {name} is not defined on the source {src_uri} nor on {self._dest_list()}"
+            )
+        active = src_dom.isActive()
+        if self.live and not active:
+            raise KvmValidationError(
+                f"Guest {name} is not running on {src_uri}: live migration needs a running "
+                "guest (mode=offline moves a stopped guest's definition)"
+            )
+        if not self.live:
+            if active:
+                raise KvmValidationError(
+                    f"Guest {name} is running on {src_uri}: mode=offline moves only a stopped "
+                    "guest; use mode=live or shut it down first"
+                )
+            if not src_dom.isPersistent():
+                raise KvmValidationError(f"Guest {name} is not persistent: nothing to move")
+
+        xml_flags = 0 if self.live else libvirt.VIR_DOMAIN_XML_INACTIVE
+        needs = GuestNeeds.from_xml(
+            src_dom.XMLDesc(xml_flags), memory_kib=int(src_dom.info()[2]) if self.live else None
+        )
+        if self.p["dest_candidates"]:
+            self.lock = PlacementLock([d.uri for d in self.dests])
+            self.lock.acquire()
+        candidates = self._check_all(src, needs)
+        chosen = choose(candidates)
+        placement = [c.as_dict() for c in candidates]
+        if chosen is None:
+            reasons = "; ".join(f"{c.uri}: {', '.join(c.reasons)}" for c in candidates)
+            what = "The destination cannot" if self.p["dest_uri"] else "No destination can"
+            raise KvmValidationError(
+                f"{what} take guest {name} ({needs.memory_mib} MiB), nothing was "
+                f"changed: {reasons}",
+                placement=placement,
+            )
+        dest = next(d for d in self.dests if d.uri == chosen.uri)
+        diff = DifferenceTracker()
+        diff.add("location", src_uri, chosen.uri)
+        result: dict[str, Any] = {
+            "changed": True,
+            "name": name,
+            "uuid": needs.uuid,
+            "mode": self.p["mode"],
+            "source_uri": src_uri,
+            "dest_uri": chosen.uri,
+            "placement": placement,
+            "notes": list(chosen.notes),
+        }
+        if self.kvm.diff_mode:
+            result["diff"] = diff.diff()
+        if self.kvm.check_mode:
+            result.update(
+                location=src_uri,
+                state=state_name(src_dom),
+                volumes_created=[d.path for d, _ in chosen.volumes_to_create],
+            )
+            return self._finish(result)
+        result.update(self._migrate(Attempt(src, src_dom, dest, chosen, needs)))
+        return self._finish(result)
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        if self.warnings:
+            result["warnings"] = list(self.warnings)
+        return result
+
+    def _dest_list(self) -> str:
+        return ", ".join(d.uri for d in self.dests)
+
+    def _settled(self, src, src_dom) -> dict[str, Any] | None:
+        """The result when the guest is already where it should be, else None."""
+        name = self.p["name"]
+        src_active = src_dom is not None and src_dom.isActive()
+        found = []
+        for dest in self.dests:
+            if dest.conn is None:
+                continue
+            dom = lookup(dest.conn, name)
+            if dom is not None:
+                found.append((dest, dom))
+        running = [(d, dom) for d, dom in found if dom.isActive()]
+        if src_active and running:
+            raise KvmError(
+                f"Guest {name} is running both on the source {self.p['uri']} and on "
+                f"{', '.join(d.uri for d, _ in running)}; refusing to touch it"
+            )
+        if self.live:
+            arrived = running
+        else:
+            arrived = [(d, dom) for d, dom in found if dom.isPersistent() and not src_active]
+        if not arrived:
+            return None
+        dest, dom = arrived[0]
+        uuid = dom.UUIDString()
+        if src_dom is not None and src_dom.UUIDString() != uuid:
+            raise KvmError(
+                f"Guest {name} on {dest.uri} has UUID {uuid} but the one on the source has "
+                f"{src_dom.UUIDString()}; refusing to guess which is which"
+            )
+        if self.live and not dom.isActive():
+            return None
+        # Already there. Only a leftover stopped definition on the source may remain to go.
+        changed = False
+        diff = DifferenceTracker()
+        leftover = src_dom is not None and not src_active and self.p["undefine_source"]
+        if leftover:
+            diff.add("source_definition", "defined", "undefined")
+            if not self.kvm.check_mode:
+                try:
+                    src_dom.undefine()
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, f"undefine the leftover definition of {name}") from exc
+            changed = True
+        result: dict[str, Any] = {
+            "changed": changed,
+            "name": name,
+            "uuid": uuid,
+            "mode": self.p["mode"],
+            "source_uri": self.p["uri"],
+            "dest_uri": dest.uri,
+            "location": dest.uri,
+            "state": state_name(dom),
+            "placement": [],
+            "notes": [f"guest {name} is already on {dest.uri}"],
+        }
+        if self.kvm.diff_mode:
+            result["diff"] = diff.diff()
+        return self._finish(result)
+
+    def _check_all(self, src, needs: GuestNeeds) -> list[Candidate]:
+        req = CheckRequest(
+            live=self.live,
+            storage_copy=self.p["storage_copy"] if self.live else "none",
+            copy_disks=self.p["copy_disks"],
+            memory_reserve_mib=self.p["memory_reserve_mib"],
+            check_cpu=self.p["check_cpu"],
+        )
+        out = []
+        for dest in self.dests:
+            if dest.is_source:
+                cand = Candidate(dest.uri)
+                cand.refuse("it is the source host itself")
+            elif dest.conn is None:
+                cand = Candidate(dest.uri)
+                cand.refuse(f"not reachable ({dest.error.msg if dest.error else 'unknown'})")
+            else:
+                try:
+                    cand = check_destination(src, dest.conn, dest.uri, needs, req)
+                except libvirt.libvirtError as exc:
+                    cand = Candidate(dest.uri)
+                    cand.refuse(f"could not be checked: {exc.get_error_message()}")
+            out.append(cand)
+        return out
+
+    # -- the migration -----------------------------------------------------------------
+    def _create_volumes(self, att: Attempt) -> None:
+        if not self.p["create_volumes"]:
+            return
+        for disk, pool_name in att.chosen.volumes_to_create:
+            capacity = int(att.src_dom.blockInfo(disk.target)[0])
+            xml = volume_xml(disk, capacity, incremental=self.p["storage_copy"] == "incremental")
+            try:
+                pool = att.dest.conn.storagePoolLookupByName(pool_name)
+                pool.createXML(xml, 0)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(
+                    exc, f"create volume {disk.path} in pool {pool_name} on {att.chosen.uri}"
+                ) from exc
+            att.created.append(disk.path)
+
+    def _migrate(self, att: Attempt) -> dict[str, Any]:
+        name = self.p["name"]
+        src_dom, dconn, uri = att.src_dom, att.dest.conn, att.chosen.uri
+        att.had_before = lookup(dconn, uuid=att.needs.uuid) is not None
+        flags, mig = build_call(self.p, uri)
+        self.progress.event(
+            "start", dest_uri=uri, flags=flags, params=sorted(mig), mode=self.p["mode"]
+        )
+        was_running = src_dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        try:
+            self._create_volumes(att)
+        except KvmError as exc:
+            cleanup = self._cleanup(att)
+            self._release_lock()
+            raise KvmError(
+                f"{exc.msg}. Nothing was migrated; guest {name} stays on {self.p['uri']}. "
+                + " ".join(cleanup.notes),
+                leftovers=cleanup.leftovers,
+            ) from exc
+
+        if self.p["peer2peer"]:
+
+            def start():
+                return src_dom.migrateToURI3(uri, mig, flags)
+        else:
+
+            def start():
+                return src_dom.migrate3(dconn, mig, flags)
+
+        policy = JobPolicy(
+            max_downtime_ms=self.p["max_downtime"],
+            postcopy_after_iterations=self.p["postcopy_after_iterations"],
+            postcopy_after_seconds=self.p["postcopy_after_seconds"],
+            timeout=self.p["timeout"],
+            timeout_action=self.p["timeout_action"],
+            poll_interval=self.p["poll_interval"],
+        )
+        job = MigrationJob(
+            src_dom, start, policy, on_sample=self.progress.sample, on_tick=self._tick(att)
+        )
+        outcome = att.outcome = job.run()
+        self._release_lock()
+        self.warnings.extend(outcome.warnings)
+
+        src_now = _safe_lookup(att.src, att.needs.uuid)
+        src_active = src_now is not None and _safe_active(src_now)
+        dest_now = _safe_lookup(dconn, att.needs.uuid)
+        if outcome.error is not None and not src_active and dest_now is not None:
+            if _safe_active(dest_now) or not self.live:
+                self.warnings.append(
+                    f"The migration call reported an error ({outcome.error}) but guest {name} "
+                    f"is on {uri} and no longer on the source"
+                )
+                outcome.error = None
+        if outcome.error is None:
+            return self._succeeded(att, src_now, dest_now)
+
+        cleanup = self._cleanup(att)
+        if src_active and was_running and not outcome.postcopy_started:
+            cleanup.notes[:0] = self._resume_if_paused(src_now)
+        where = self._where(att, src_now)
+        reason = str(outcome.error)
+        if outcome.timed_out:
+            events = "; ".join(outcome.events)
+            reason = f"timed out after {self.p['timeout']} s ({events}): {reason}"
+        self.progress.event("failed", error=reason, location=where)
+        code = outcome.error.get_error_code() if hasattr(outcome.error, "get_error_code") else None
+        raise KvmLibvirtError(
+            f"Migration of guest {name} to {uri} failed: {reason}. {where}. "
+            + " ".join(cleanup.notes),
+            code=code,
+            libvirt_message=str(outcome.error),
+            location=self.p["uri"] if src_active else None,
+            stats=figures(outcome.last_stats),
+            events=outcome.events,
+            leftovers=cleanup.leftovers,
+            progress=self.progress.samples,
+        )
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _tick(self, att: Attempt):
+        def tick(elapsed: float, stats: dict[str, Any]) -> None:
+            if self.lock is None:
+                return
+            # Let the next placement decision happen once the destination counts this guest.
+            if elapsed > 30 or _safe_lookup(att.dest.conn, att.needs.uuid) is not None:
+                self._release_lock()
+
+        return tick
+
+    def _succeeded(self, att: Attempt, src_now, dest_now) -> dict[str, Any]:
+        outcome = att.outcome
+        stats, source = {}, "none"
+        for dom, label in ((dest_now, "destination"), (src_now, "source")):
+            if dom is None or not self.live:
+                continue
+            try:
+                found = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except libvirt.libvirtError:
+                continue
+            if found and found.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED:
+                stats, source = found, label
+                break
+        if not stats and outcome.last_stats:
+            stats, source = outcome.last_stats, "last_sample"
+        figs = figures(stats)
+        figs.update(
+            elapsed_s=round(outcome.elapsed, 3),
+            stats_from=source,
+            postcopy_started=outcome.postcopy_started,
+            postcopy_reason=outcome.postcopy_reason,
+            requested={
+                "max_downtime_ms": self.p["max_downtime"],
+                "bandwidth_mib_s": self.p["bandwidth"],
+            },
+        )
+        state = state_name(dest_now) if dest_now is not None else "unknown"
+        self.progress.event(
+            "completed",
+            location=att.chosen.uri,
+            **{k: figs[k] for k in ("total_time_ms", "downtime_ms", "data_transferred_bytes")},
+        )
+        return {
+            "location": att.chosen.uri,
+            "state": state,
+            "stats": figs,
+            "events": outcome.events,
+            "progress": self.progress.samples,
+            "volumes_created": att.created,
+        }
+
+    def _resume_if_paused(self, dom) -> list[str]:
+        if dom is None or dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            return []
+        try:
+            dom.resume()
+        except libvirt.libvirtError as exc:
+            return [f"The guest is paused on the source and could not be resumed: {exc}."]
+        return ["The guest was paused on the source and has been resumed."]
+
+    def _where(self, att: Attempt, src_now) -> str:
+        name = self.p["name"]
+        if src_now is not None and _safe_active(src_now):
+            return f"Guest {name} is still {state_name(src_now)} on the source {self.p['uri']}"
+        if att.outcome.postcopy_started:
+            return (
+                f"Guest {name} had switched to post-copy: its memory is split between the "
+                f"source and {att.dest.uri}; recover it with libvirt's post-copy recovery "
+                "(VIR_MIGRATE_POSTCOPY_RESUME)"
+            )
+        return f"Guest {name} is not running on the source {self.p['uri']}"
+
+    def _cleanup(self, att: Attempt) -> Cleanup:
+        """Remove what this run left on the destination, only while the guest is on the source."""
+        out = Cleanup()
+        dest, needs = att.dest, att.needs
+        src_now = _safe_lookup(att.src, needs.uuid)
+        if src_now is None or att.outcome.postcopy_started:
+            out.notes.append("The destination was left as it is (the guest may live there).")
+            return out
+        dconn = dest.conn
+        if dconn is not None and not _alive(dconn):
+            try:
+                dconn.close()
+            except libvirt.libvirtError:
+                pass
+            dconn = dest.conn = None
+        if dconn is None:
+            try:
+                dconn = dest.conn = self._open(dest.uri, timeout=5)
+            except KvmError:
+                dconn = None
+        paths = list(att.created)
+        if dconn is None:
+            out.leftovers = paths
+            out.notes.append(
+                f"The destination {dest.uri} is not reachable, so it could not be cleaned up: "
+                "its libvirtd discards an unfinished incoming guest when it starts again"
+                + (f"; volumes to remove there: {', '.join(paths)}" if paths else "")
+                + "."
+            )
+            return out
+        dom = _safe_lookup(dconn, needs.uuid)
+        if dom is not None and not att.had_before:
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                    out.notes.append("The unfinished guest on the destination was destroyed.")
+                if lookup(dconn, uuid=needs.uuid) is not None and dom.isPersistent():
+                    dom.undefine()
+                    out.notes.append("The partial definition on the destination was removed.")
+            except libvirt.libvirtError as exc:
+                out.notes.append(f"Could not remove the guest from the destination: {exc}.")
+                out.leftovers.append(f"domain {needs.name} on {dest.uri}")
+        removed = []
+        for path in paths:
+            try:
+                vol = dconn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                continue
+            try:
+                vol.delete(0)
+                removed.append(path)
+            except libvirt.libvirtError as exc:
+                out.leftovers.append(path)
+                out.notes.append(f"Could not remove volume {path} on the destination: {exc}.")
+        if removed:
+            out.notes.append(f"Removed from the destination: {', '.join(removed)}.")
+        if not out.notes:
+            out.notes.append("Nothing was left on the destination.")
+        return out
+
+
+def volume_xml(disk: Disk, capacity: int, *, incremental: bool) -> str:
+    """A storage volume like ``disk`` (same file name, format and size) for a destination pool."""
+    root = _xml.etree.Element("volume")
+    _xml.sub(root, "name", os.path.basename(disk.path))
+    _xml.sub(root, "capacity", capacity, unit="bytes")
+    target = _xml.sub(root, "target")
+    fmt = disk.format or "raw"
+    _xml.sub(target, "format", type=fmt)
+    if incremental and disk.backing_path and fmt == "qcow2":
+        backing = _xml.sub(root, "backingStore")
+        _xml.sub(backing, "path", disk.backing_path)
+        _xml.sub(backing, "format", type=disk.backing_format or "raw")
+    return _xml.to_string(root)
+
+
+def _safe_active(dom) -> bool:
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _alive(conn) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _safe_lookup(conn, uuid: str):
+    """Lookup by UUID that treats a broken connection like 'not found'."""
+    if conn is None:
+        return None
+    try:
+        return lookup(conn, uuid=uuid)
+    except libvirt.libvirtError:
+        return None
+
+
+__all__ = ["ARGUMENT_SPEC", "MODULE_KWARGS", "Migrator", "build_call", "job_active", "validate"]

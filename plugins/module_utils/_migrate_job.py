@@ -1,0 +1,200 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""Running one migration job: the blocking libvirt call in a worker thread, watched.
+
+libvirt's migration calls block until the job ends. ``MigrationJob`` runs that call in a
+worker thread while the calling thread polls the source domain's job statistics: it applies
+the maximum downtime once the job exists, switches to post-copy when asked (after N memory
+iterations or N seconds), enforces the timeout (abort, or switch to post-copy), and hands
+every sample to a progress callback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+
+# Job statistics (virDomainGetJobStats keys) -> names in our results.
+_FIGURES = (
+    ("total_time_ms", "time_elapsed"),
+    ("downtime_ms", "downtime"),
+    ("setup_time_ms", "setup_time"),
+    ("data_total_bytes", "data_total"),
+    ("data_transferred_bytes", "data_processed"),
+    ("data_remaining_bytes", "data_remaining"),
+    ("memory_transferred_bytes", "memory_processed"),
+    ("memory_remaining_bytes", "memory_remaining"),
+    ("memory_iterations", "memory_iteration"),
+    ("memory_bps", "memory_bps"),
+    ("memory_dirty_rate", "memory_dirty_rate"),
+    ("disk_transferred_bytes", "disk_processed"),
+    ("disk_remaining_bytes", "disk_remaining"),
+    ("postcopy_requests", "memory_postcopy_requests"),
+    ("auto_converge_throttle", "auto_converge_throttle"),
+)
+
+
+def figures(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """Our names for the libvirt job statistics that matter to users (missing ones are None)."""
+    stats = stats or {}
+    return {ours: stats.get(theirs) for ours, theirs in _FIGURES}
+
+
+def job_active(stats: dict[str, Any] | None) -> bool:
+    none = libvirt.VIR_DOMAIN_JOB_NONE if libvirt is not None else 0
+    return bool(stats) and stats.get("type", none) != none
+
+
+@dataclass
+class JobPolicy:
+    """What to do while the job runs; all times in seconds."""
+
+    max_downtime_ms: int | None = None
+    postcopy_after_iterations: int | None = None
+    postcopy_after_seconds: float | None = None
+    timeout: float | None = None
+    timeout_action: str = "abort"  # or "postcopy"
+    poll_interval: float = 1.0
+
+
+@dataclass
+class JobOutcome:
+    result: Any = None
+    error: BaseException | None = None
+    elapsed: float = 0.0
+    last_stats: dict[str, Any] = field(default_factory=dict)
+    postcopy_started: bool = False
+    postcopy_reason: str | None = None
+    timed_out: bool = False
+    aborted: bool = False
+    max_downtime_applied: bool = False
+    events: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class MigrationJob:
+    """Run ``start()`` (the blocking migration call) and watch ``dom``'s job until it returns."""
+
+    def __init__(
+        self,
+        dom,
+        start: Callable[[], Any],
+        policy: JobPolicy,
+        *,
+        on_sample: Callable[[float, dict[str, Any]], None] | None = None,
+        on_tick: Callable[[float, dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dom = dom
+        self.start = start
+        self.policy = policy
+        self.on_sample = on_sample
+        self.on_tick = on_tick
+        self.clock = clock
+        self._outcome = JobOutcome()
+        self._finished = False
+
+    def _work(self) -> None:
+        try:
+            result = self.start()
+        except libvirt.libvirtError as exc:
+            self._outcome.error = exc
+        else:
+            self._outcome.result = result
+        # Not reached when start() raised something unexpected: run() reports that.
+        self._finished = True
+
+    def _stats(self) -> dict[str, Any]:
+        try:
+            return self.dom.jobStats() or {}
+        except libvirt.libvirtError:
+            return {}  # the job may have ended between two polls
+
+    def _event(self, msg: str) -> None:
+        self._outcome.events.append(msg)
+
+    def _postcopy(self, reason: str) -> None:
+        out = self._outcome
+        if out.postcopy_started:
+            return
+        try:
+            self.dom.migrateStartPostCopy()
+        except libvirt.libvirtError as exc:
+            out.warnings.append(f"Could not switch to post-copy ({reason}): {exc}")
+            return
+        out.postcopy_started = True
+        out.postcopy_reason = reason
+        self._event(f"switched to post-copy: {reason}")
+
+    def run(self) -> JobOutcome:
+        out = self._outcome
+        policy = self.policy
+        began = self.clock()
+        worker = threading.Thread(target=self._work, name="virtops-migrate", daemon=True)
+        worker.start()
+        while True:
+            worker.join(policy.poll_interval)
+            elapsed = self.clock() - began
+            if not worker.is_alive():
+                break
+            stats = self._stats()
+            if job_active(stats):
+                out.last_stats = stats
+                self._apply_downtime()
+                if self.on_sample:
+                    self.on_sample(elapsed, stats)
+            if self.on_tick:
+                self.on_tick(elapsed, stats)
+            self._triggers(elapsed, stats)
+        out.elapsed = self.clock() - began
+        if out.error is None and not self._finished:
+            out.error = RuntimeError("the migration thread ended without a result")
+        return out
+
+    def _apply_downtime(self) -> None:
+        out = self._outcome
+        if self.policy.max_downtime_ms is None or out.max_downtime_applied:
+            return
+        out.max_downtime_applied = True
+        try:
+            self.dom.migrateSetMaxDowntime(self.policy.max_downtime_ms, 0)
+        except libvirt.libvirtError as exc:
+            out.warnings.append(f"Could not set the maximum downtime: {exc}")
+
+    def _triggers(self, elapsed: float, stats: dict[str, Any]) -> None:
+        out = self._outcome
+        policy = self.policy
+        if not out.postcopy_started and job_active(stats):
+            iterations = stats.get("memory_iteration") or 0
+            if policy.postcopy_after_iterations and iterations >= policy.postcopy_after_iterations:
+                self._postcopy(f"{iterations} memory iterations")
+            elif policy.postcopy_after_seconds and elapsed >= policy.postcopy_after_seconds:
+                self._postcopy(f"{elapsed:.1f} s elapsed")
+        if policy.timeout and elapsed >= policy.timeout and not out.timed_out:
+            out.timed_out = True
+            self._event(f"timeout of {policy.timeout:g} s reached")
+            if policy.timeout_action == "postcopy":
+                self._postcopy(f"timeout of {policy.timeout:g} s")
+                if out.postcopy_started:
+                    return
+            try:
+                self.dom.abortJob()
+                out.aborted = True
+                self._event("job aborted")
+            except libvirt.libvirtError as exc:
+                out.warnings.append(f"Could not abort the migration job: {exc}")

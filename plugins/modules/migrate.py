@@ -1,0 +1,398 @@
+#!/usr/bin/python
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: migrate
+short_description: Move a guest to another KVM host (live or offline migration)
+version_added: 0.1.0
+description:
+  - Moves the guest O(name) from the host of O(uri) to the host of O(dest_uri), or to the
+    best host of O(dest_candidates).
+  - Idempotent. A guest already running on the destination (and not on the source) is left
+    alone; with O(mode=offline), a guest already defined on the destination is.
+  - Checks the destination before it starts, and refuses with a clear message instead of
+    failing half-way. It checks that the destination answers, is not the source host, has
+    no other guest of the same name, has the guest's networks active, its storage pools active,
+    a pool to receive each copied disk (O(storage_copy)), enough memory, and a CPU that can
+    run the guest's CPU model. Bridges named by the guest's interfaces are not checked.
+  - A failed migration never loses the guest. When the destination dies, the network
+    drops or O(timeout) is reached with O(timeout_action=abort), the guest keeps running on
+    the source, what this run created on the destination (the unfinished guest, its
+    definition, the volumes it created) is removed, and the module fails saying what
+    happened and where the guest is.
+  - Progress of a running migration is written every O(poll_interval) seconds as a JSON
+    line to O(progress_file) (follow it with C(tail -f)) and to the module log of the host
+    running the module (syslog or journal, when there is one). The module works with
+    C(async) for migrations that outlast the connection's timeout.
+author:
+  - virtops.kvm contributors
+extends_documentation_fragment:
+  - virtops.kvm.connection
+  - virtops.kvm.connection.actiongroup_kvm
+attributes:
+  check_mode:
+    description: Runs every check and reports the destination it would choose; moves nothing.
+    support: full
+  diff_mode:
+    description: Shows the guest's location before and after.
+    support: full
+  idempotent:
+    description: A guest already on the destination is reported unchanged.
+    support: full
+options:
+  name:
+    description: Name of the guest to move.
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - libvirt URI of the destination host, for example V(qemu+tls://kvm2.example.com/system).
+      - With O(peer2peer=true) the source's libvirtd connects to this URI, so it must work
+        from the source host as well as from where the module runs.
+      - Exactly one of O(dest_uri) and O(dest_candidates) is required.
+    type: str
+  dest_candidates:
+    description:
+      - libvirt URIs of hosts the guest may go to. The module checks each and chooses,
+        among those that can take the guest, the one with the most memory not committed to
+        active guests (ties go to the earlier one in the list). The source host is skipped,
+        so the same list can be used for every host.
+      - Runs of the module on one machine that share a candidate list take turns choosing
+        (a lock file in the temporary directory) until the chosen host shows the incoming
+        guest, so parallel runs do not all pick the same host.
+      - When no candidate can take the guest, fails with each candidate's reasons.
+    type: list
+    elements: str
+  mode:
+    description:
+      - V(live) moves a running guest without stopping it.
+      - V(offline) moves the persistent definition of a stopped guest (its disks must be on
+        shared storage or copied some other way).
+    type: str
+    choices: [live, offline]
+    default: live
+  peer2peer:
+    description:
+      - V(true) lets the source's libvirtd drive the migration (C(migrateToURI3)).
+      - V(false) is the managed direct mode, where this module drives both hosts through
+        its own connections (C(migrate3)).
+    type: bool
+    default: true
+  tunnelled:
+    description:
+      - Send the migration data through the libvirtd connection instead of a direct
+        connection between the QEMU processes. Needs O(peer2peer=true).
+    type: bool
+    default: false
+  tls:
+    description: Encrypt the migration data with QEMU's TLS (the hosts need migration certificates).
+    type: bool
+    default: false
+  migrate_uri:
+    description:
+      - URI the destination QEMU listens on for the migration data, for example
+        V(tcp://10.0.0.12) to use a dedicated migration network.
+      - If not set and the destination URI names a host, V(tcp://HOST) with that host is
+        used (libvirt's own default, the destination's host name, often resolves to a
+        loopback address).
+    type: str
+  storage_copy:
+    description:
+      - V(none) for storage the hosts share.
+      - V(all) copies every writable, unshared disk of the guest to the destination.
+      - V(incremental) copies only the top image of each such disk; its base image must
+        already be on the destination at the same path.
+      - The destination needs the same paths. With O(create_volumes=true) the module
+        creates each missing disk as a volume (same name, format and size) in the active
+        storage pool of the destination whose target directory holds that path, and
+        removes those volumes again if the migration fails.
+    type: str
+    choices: [none, all, incremental]
+    default: none
+  copy_disks:
+    description: Copy only these disks (target names such as V(vda)) with O(storage_copy).
+    type: list
+    elements: str
+  create_volumes:
+    description: Create the destination volumes for O(storage_copy) (see there).
+    type: bool
+    default: true
+  unsafe:
+    description:
+      - Migrate even when libvirt thinks it is unsafe, for example with disks on a local
+        file system that libvirt cannot tell is shared, and a cache mode other than
+        V(none). Only when you know the storage is shared.
+    type: bool
+    default: false
+  max_downtime:
+    description:
+      - Longest pause of the guest, in milliseconds, allowed at the switch-over (QEMU's
+        default is 300). Set once the migration job has started.
+    type: int
+  bandwidth:
+    description: Bandwidth limit of the migration in MiB/s.
+    type: int
+  postcopy_bandwidth:
+    description: Bandwidth limit in MiB/s once in post-copy. Needs O(postcopy=true).
+    type: int
+  auto_converge:
+    description: Slow down the guest's vCPUs when its memory changes faster than it is copied.
+    type: bool
+    default: false
+  auto_converge_initial:
+    description: Initial CPU throttling percentage with O(auto_converge).
+    type: int
+  auto_converge_increment:
+    description: Throttling increment percentage with O(auto_converge).
+    type: int
+  postcopy:
+    description:
+      - Allow switching to post-copy, where the guest runs on the destination while its
+        remaining memory is fetched from the source.
+      - Once switched, a failure of either host or of the network loses the guest's
+        running state; the guarantee that a failed migration keeps the guest on the source
+        holds only until the switch.
+      - Switching happens only with O(postcopy_after_iterations),
+        O(postcopy_after_seconds) or O(timeout_action=postcopy).
+    type: bool
+    default: false
+  postcopy_after_iterations:
+    description: Switch to post-copy once the memory has been copied this many times.
+    type: int
+  postcopy_after_seconds:
+    description: Switch to post-copy this many seconds after the migration started.
+    type: int
+  compression:
+    description: Compression methods for the memory pages (V(xbzrle), V(mt)).
+    type: list
+    elements: str
+    choices: [xbzrle, mt]
+  parallel_connections:
+    description: Send the memory over this many parallel connections.
+    type: int
+  persistent:
+    description: Define the guest persistently on the destination.
+    type: bool
+    default: true
+  undefine_source:
+    description:
+      - Remove the guest's definition from the source once it has moved, so it cannot be
+        started there again by mistake (for example by autostart).
+      - A stopped definition left on the source by an earlier run is removed too.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds the migration may take. Then O(timeout_action) applies. No limit when not set.
+    type: int
+  timeout_action:
+    description:
+      - V(abort) cancels the migration; the guest keeps running on the source and the
+        module fails.
+      - V(postcopy) switches to post-copy so that the migration finishes. Needs
+        O(postcopy=true).
+    type: str
+    choices: [abort, postcopy]
+    default: abort
+  memory_reserve_mib:
+    description:
+      - Memory in MiB a destination must keep free beyond the guest's memory.
+      - A destination can take a live guest when the guest's memory plus this reserve fits
+        both in the host's free memory and in its memory not committed to active guests.
+    type: int
+    default: 0
+  check_cpu:
+    description: Check that the destination's CPU can run the guest's CPU model.
+    type: bool
+    default: true
+  progress_file:
+    description:
+      - File to which a JSON line is appended for the start, every progress sample and the end
+        of the migration, on the host running the module.
+    type: path
+  poll_interval:
+    description: Seconds between two looks at the migration job (progress, timeout, post-copy).
+    type: float
+    default: 1.0
+notes:
+  - The figures in RV(stats) come from libvirt's statistics of the completed job, as the
+    destination (or the source) recorded them.
+seealso:
+  - name: libvirt migration documentation
+    description: What the flags and parameters do in libvirt.
+    link: https://libvirt.org/migration.html
+"""
+
+EXAMPLES = r"""
+- name: Live-migrate web1 from kvm1 to kvm2 with at most 200 ms downtime
+  virtops.kvm.migrate:
+    uri: qemu+ssh://root@kvm1.example.com/system
+    name: web1
+    dest_uri: qemu+ssh://root@kvm2.example.com/system
+    max_downtime: 200
+    bandwidth: 500
+    auto_converge: true
+    timeout: 600
+
+- name: Move db1 where there is most room, copying its disks (no shared storage)
+  virtops.kvm.migrate:
+    uri: qemu+tls://kvm1.example.com/system
+    name: db1
+    dest_candidates:
+      - qemu+tls://kvm2.example.com/system
+      - qemu+tls://kvm3.example.com/system
+    storage_copy: all
+    tls: true
+    progress_file: /var/tmp/migrate-db1.jsonl
+  async: 3600
+  poll: 15
+
+- name: Finish a busy guest's migration with post-copy after 120 seconds
+  virtops.kvm.migrate:
+    uri: qemu+ssh://root@kvm1.example.com/system
+    name: busy1
+    dest_uri: qemu+ssh://root@kvm2.example.com/system
+    postcopy: true
+    timeout: 120
+    timeout_action: postcopy
+
+- name: Move the definition of a stopped guest
+  virtops.kvm.migrate:
+    uri: qemu+ssh://root@kvm1.example.com/system
+    name: spare1
+    dest_uri: qemu+ssh://root@kvm2.example.com/system
+    mode: offline
+"""
+
+RETURN = r"""
+name:
+  description: Name of the guest.
+  returned: always
+  type: str
+uuid:
+  description: UUID of the guest.
+  returned: always
+  type: str
+source_uri:
+  description: URI of the source host (O(uri)).
+  returned: always
+  type: str
+dest_uri:
+  description: URI of the destination given or chosen.
+  returned: always
+  type: str
+location:
+  description: URI of the host the guest is on at the end (in check mode, where it is now).
+  returned: always
+  type: str
+  sample: qemu+tcp://198.18.0.12/system
+state:
+  description: State of the guest on RV(location), such as V(running) or V(shut off).
+  returned: always
+  type: str
+placement:
+  description:
+    - Every destination checked, whether it can take the guest and why not, with its
+      memory figures in MiB. Empty when the guest was already in place.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - uri: qemu+tcp://198.18.0.12/system
+      can_take: true
+      reasons: []
+      notes: []
+      memory_total_mib: 24105
+      memory_free_mib: 22900
+      memory_committed_mib: 256
+      memory_uncommitted_mib: 23849
+stats:
+  description:
+    - Figures of the completed migration. Sizes in bytes, times in milliseconds, except
+      C(elapsed_s), the seconds the module waited. Figures libvirt does not report are null.
+  returned: when a guest was migrated
+  type: dict
+  contains:
+    total_time_ms:
+      description: Duration of the migration job.
+      type: int
+    downtime_ms:
+      description: How long the guest was paused at the switch-over.
+      type: int
+    setup_time_ms:
+      description: Time spent setting the migration up.
+      type: int
+    data_transferred_bytes:
+      description: Memory and disk data sent.
+      type: int
+    memory_transferred_bytes:
+      description: Memory data sent.
+      type: int
+    disk_transferred_bytes:
+      description: Disk data sent (storage copy).
+      type: int
+    memory_iterations:
+      description: How many times the memory was copied.
+      type: int
+    elapsed_s:
+      description: Seconds the module watched the migration.
+      type: float
+    stats_from:
+      description: Where the figures come from (V(destination), V(source) or V(last_sample)).
+      type: str
+    postcopy_started:
+      description: Whether the migration switched to post-copy.
+      type: bool
+    requested:
+      description: The O(max_downtime) and O(bandwidth) asked for.
+      type: dict
+  sample:
+    total_time_ms: 1210
+    downtime_ms: 41
+    data_transferred_bytes: 30567123
+    memory_iterations: 3
+    elapsed_s: 1.6
+    stats_from: destination
+    postcopy_started: false
+    requested: {max_downtime_ms: 300, bandwidth_mib_s: null}
+progress:
+  description: Samples taken while the migration ran (at most 60, thinned evenly).
+  returned: when a guest was migrated
+  type: list
+  elements: dict
+events:
+  description: What the module did during the migration (post-copy switch, timeout, abort).
+  returned: when a guest was migrated
+  type: list
+  elements: str
+volumes_created:
+  description: Destination volumes created for O(storage_copy) (in check mode, those it would create).
+  returned: when a guest was or would be migrated
+  type: list
+  elements: str
+notes:
+  description: Remarks of the checks, such as what could not be checked.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
+    ARGUMENT_SPEC,
+    MODULE_KWARGS,
+    Migrator,
+)
+
+
+def main() -> None:
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, **MODULE_KWARGS)
+    module.run(lambda kvm: Migrator(kvm).run())
+
+
+if __name__ == "__main__":
+    main()
