@@ -60,6 +60,12 @@ else
     echo "up to date"
 fi
 
+# ansible-test (sanity) bootstraps pip in its virtualenvs with a script it downloads from a
+# host we cannot reach; give it an equivalent built on ensurepip (scripts/ansible_test_get_pip.py).
+pip_version=$("$VENV/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; from types import SimpleNamespace as S; print(g(S(version="3"))["pip"])' 2>/dev/null || echo 24.2)
+mkdir -p "$HOME/.ansible/test/cache"
+install -m 0644 "$ROOT/scripts/ansible_test_get_pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+
 log "Collection virtops.kvm"
 coll="$VENV/collections/ansible_collections/virtops"
 mkdir -p "$coll"
