@@ -14,21 +14,23 @@ setup:
 demo: setup
 	ansible-playbook playbooks/demo.yml
 
-# The whole suite: quality gates, fast unit tests, then tests against the real libvirtd and lab.
+# The whole suite: quality gates, then one pytest run over unit, integration and lab tests
+# (the real libvirtd, booted guests, the multi-host lab and Molecule scenarios).
 test: setup
 	@$(MAKE) --no-print-directory lint
-	@$(MAKE) --no-print-directory test-unit
-	@$(MAKE) --no-print-directory test-integration
-	@$(MAKE) --no-print-directory test-lab
+	$(PYTEST) tests
 
+# Fast tests only: no libvirtd needed beyond libvirt's test:///default driver.
 test-unit:
 	$(PYTEST) -m "not integration and not lab" tests/unit
 
+# Against the real local libvirtd, booting no guest.
 test-integration:
-	$(PYTEST) -m "integration" tests/integration
+	$(PYTEST) -m "integration and not lab" tests
 
+# Slow tests that boot guests or namespaced libvirt hosts.
 test-lab:
-	$(PYTEST) -m "lab" tests/lab tests/integration
+	$(PYTEST) -m "lab" tests
 
 lint: ruff sanity ansible-lint changelog-lint
 
