@@ -72,17 +72,14 @@ def plan_live(live: NetworkSpec, desired: NetworkSpec) -> LivePlan:
 
 
 def _dhcp_fields_differing(live: NetworkSpec, desired: NetworkSpec) -> list[str]:
-    a, b = live.normalized(), desired.normalized()
-    fields = []
-    if {i.address: i.dhcp_ranges for i in a.addresses} != {
-        i.address: i.dhcp_ranges for i in b.addresses
-    }:
-        fields.append("dhcp_ranges")
-    if {i.address: i.dhcp_hosts for i in a.addresses} != {
-        i.address: i.dhcp_hosts for i in b.addresses
-    }:
-        fields.append("dhcp_hosts")
-    return fields
+    def by_address(spec: NetworkSpec, attr: str) -> dict[str, Any]:
+        return {ip.address: set(getattr(ip, attr)) for ip in spec.addresses if getattr(ip, attr)}
+
+    return [
+        name
+        for name in ("dhcp_ranges", "dhcp_hosts")
+        if by_address(live, name) != by_address(desired, name)
+    ]
 
 
 class _DhcpSim:
