@@ -341,11 +341,16 @@ def resolve_virt_type(
 
 
 class Unsupported(Exception):
-    """A libvirt call the connection's driver does not implement."""
+    """A libvirt call the connection's driver does not implement (or does not allow)."""
 
 
 def _unsupported_codes() -> set[int]:
-    names = ("VIR_ERR_NO_SUPPORT", "VIR_ERR_ARGUMENT_UNSUPPORTED", "VIR_ERR_OPERATION_UNSUPPORTED")
+    names = (
+        "VIR_ERR_NO_SUPPORT",
+        "VIR_ERR_ARGUMENT_UNSUPPORTED",
+        "VIR_ERR_OPERATION_UNSUPPORTED",
+        "VIR_ERR_OPERATION_DENIED",  # e.g. domain capabilities on a read-only connection
+    )
     return {getattr(libvirt, n) for n in names if hasattr(libvirt, n)}
 
 
