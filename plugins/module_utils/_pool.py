@@ -130,7 +130,7 @@ class PoolManager:
             self.result["pool"] = pool_view(pool)
             return
 
-        actual = PoolSpec.from_xml(pool.XMLDesc(libvirt.VIR_STORAGE_POOL_XML_INACTIVE))
+        actual = PoolSpec.from_xml(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE))
         self._check_immutable(desired, actual)
         self.diff.add("state", "present", "present")
         self.diff.add("type", actual.type, desired.type)

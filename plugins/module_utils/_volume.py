@@ -155,7 +155,9 @@ class VolumeManager:
 
     def run(self) -> dict[str, Any]:
         self._validate()
-        self.pool = lookup_pool(self.conn, self.params["pool"])
+        self.pool = lookup_pool(self.conn, self.params["pool"], required=not self.check)
+        if self.pool is None or (self.check and not self.pool.isActive()):
+            return self._check_without_pool()
         if not self.pool.isActive():
             raise KvmValidationError(
                 f"Storage pool '{self.params['pool']}' is not running: start it first "
@@ -174,6 +176,21 @@ class VolumeManager:
             self.result["diff"] = self.diff.diff()
         return self.result
 
+    def _check_without_pool(self) -> dict[str, Any]:
+        """Check mode, pool missing or stopped: an earlier task of the play may create it."""
+        self.kvm.warn(
+            f"Storage pool '{self.params['pool']}' does not exist or is not running; check "
+            "mode assumes an earlier task creates it (the real run fails if it does not)."
+        )
+        present = self.params["state"] == "present"
+        self.diff.add("state", "absent", "present" if present else "absent")
+        self.result.update(changed=present, volume=None)
+        if present:
+            self._act("create")
+        if self.kvm.diff_mode:
+            self.result["diff"] = self.diff.diff()
+        return self.result
+
     def _act(self, action: str) -> None:
         self.result["actions"].append(action)
 
@@ -181,7 +198,7 @@ class VolumeManager:
         value = self.params["capacity"]
         if value is None:
             return None
-        size = parse_size(value, what="capacity")
+        size = parse_size(value, default_unit="B", what="capacity")
         if size <= 0:
             raise KvmValidationError(f"capacity must be positive, got '{value}'")
         return round_up(size)
@@ -234,7 +251,8 @@ class VolumeManager:
         if written > available:
             raise KvmValidationError(
                 f"{name} does not fit: {what} writes {human(written)} ({written} bytes) but "
-                f"{where}. Free space in the pool or use another pool.",
+                f"{where}. Free space in the pool or use another pool (allow_overcommit does "
+                "not apply to data written now).",
                 needed=written,
                 available=available,
             )
@@ -328,6 +346,12 @@ class VolumeManager:
             if b.get("pool") and b["pool"] != self.pool.name():
                 pool = lookup_pool(self.conn, b["pool"])
             vol = lookup_volume(pool, b["volume"]) if pool.isActive() else None
+            if vol is None and self.check:
+                self.kvm.warn(
+                    f"Backing volume '{b['volume']}' does not exist yet; check mode assumes "
+                    "an earlier task creates it."
+                )
+                return {"path": None, "format": b.get("format") or "qcow2", "capacity": 0}
             if vol is None:
                 raise KvmValidationError(
                     f"Backing volume '{b['volume']}' not found in pool '{pool.name()}'"
