@@ -45,7 +45,10 @@ except ImportError:  # reported by the module wrapper
 
 
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
-    "name": {"type": "str", "required": True},
+    "name": {"type": "str"},
+    "all_running": {"type": "bool", "default": False},
+    "parallel": {"type": "int", "default": 1},
+    "balance_threshold_mib": {"type": "int"},
     "dest_uri": {"type": "str"},
     "dest_candidates": {"type": "list", "elements": "str"},
     "mode": {"type": "str", "default": "live", "choices": ["live", "offline"]},
@@ -164,6 +167,10 @@ def validate(params: dict[str, Any]) -> None:
         errors.append("poll_interval must be greater than 0")
     if p["dest_candidates"] is not None and not p["dest_candidates"]:
         errors.append("dest_candidates is empty")
+    if p["balance_threshold_mib"] is not None and not p["all_running"]:
+        errors.append("balance_threshold_mib needs all_running=true")
+    if p["parallel"] != 1 and not p["all_running"]:
+        errors.append("parallel needs all_running=true")
     if errors:
         raise KvmValidationError("Invalid options: " + "; ".join(errors), errors=errors)
 
@@ -335,9 +342,19 @@ class Cleanup:
 class Migrator:
     """The ``migrate`` module's work for one guest."""
 
-    def __init__(self, kvm, *, opener: Callable[..., Any] = open_connection) -> None:
+    def __init__(
+        self,
+        kvm,
+        *,
+        opener: Callable[..., Any] = open_connection,
+        overrides: dict[str, Any] | None = None,
+        reservations: dict[str, int] | None = None,
+    ) -> None:
         self.kvm = kvm
-        self.p = kvm.params
+        # ``overrides``: the evacuation runs one Migrator per guest with its name.
+        self.p = dict(kvm.params, **(overrides or {}))
+        # MiB already promised to destinations by a plan being made (check mode evacuation).
+        self.reservations = reservations or {}
         self.opener = opener
         self.live = self.p["mode"] == "live"
         log = getattr(getattr(kvm, "module", None), "log", None)
@@ -352,19 +369,18 @@ class Migrator:
 
     def _connect_all(self, src) -> None:
         uris = [self.p["dest_uri"]] if self.p["dest_uri"] else list(self.p["dest_candidates"])
-        src_host = host_uuid(src)
         for uri in dict.fromkeys(uris):  # keep order, drop repeats
             dest = Destination(uri)
-            try:
-                dest.conn = self._open(uri)
-            except KvmError as exc:
-                dest.error = exc
-            # The source host under another name (the same list serves every host).
-            if uri == self.p["uri"] or (dest.conn is not None and host_uuid(dest.conn) == src_host):
+            # The same candidate list serves every host: skip the source. (Comparing host
+            # UUIDs would need the capabilities, which take seconds to build on some hosts;
+            # libvirt itself refuses a live migration to the same host.)
+            if uri == self.p["uri"]:
                 dest.is_source = True
-                if dest.conn is not None:
-                    dest.conn.close()
-                    dest.conn = None
+            else:
+                try:
+                    dest.conn = self._open(uri)
+                except KvmError as exc:
+                    dest.error = exc
             self.dests.append(dest)
 
     def close(self) -> None:
@@ -380,6 +396,8 @@ class Migrator:
 
     def run(self) -> dict[str, Any]:
         validate(self.p)
+        if not self.p["name"]:
+            raise KvmValidationError("One of name or all_running=true is required")
         try:
             return self._run()
         finally:
@@ -491,6 +509,11 @@ class Migrator:
                 found.append((dest, dom))
         running = [(d, dom) for d, dom in found if dom.isActive()]
         if src_active and running:
+            same = [d.uri for d, dom in running if _same_host(src, d.conn)]
+            if same:
+                raise KvmValidationError(
+                    f"The destination {same[0]} is the source host itself, nothing was changed"
+                )
             raise KvmError(
                 f"Guest {name} is running both on the source {self.p['uri']} and on "
                 f"{', '.join(d.uri for d, _ in running)}; refusing to touch it"
@@ -514,6 +537,11 @@ class Migrator:
         changed = False
         diff = DifferenceTracker()
         leftover = src_dom is not None and not src_active and self.p["undefine_source"]
+        if leftover and _same_host(src, dest.conn):
+            # The "destination" is the source under another URI: the definition is the guest's.
+            raise KvmValidationError(
+                f"The destination {dest.uri} is the source host itself, nothing was changed"
+            )
         if leftover:
             diff.add("source_definition", "defined", "undefined")
             if not self.kvm.check_mode:
@@ -556,7 +584,14 @@ class Migrator:
                 cand.refuse(f"not reachable ({dest.error.msg if dest.error else 'unknown'})")
             else:
                 try:
-                    cand = check_destination(src, dest.conn, dest.uri, needs, req)
+                    cand = check_destination(
+                        src,
+                        dest.conn,
+                        dest.uri,
+                        needs,
+                        req,
+                        reserved_mib=self.reservations.get(dest.uri, 0),
+                    )
                 except libvirt.libvirtError as exc:
                     cand = Candidate(dest.uri)
                     cand.refuse(f"could not be checked: {exc.get_error_message()}")
@@ -809,6 +844,16 @@ def volume_xml(disk: Disk, capacity: int, *, incremental: bool) -> str:
         _xml.sub(backing, "path", disk.backing_path)
         _xml.sub(backing, "format", type=disk.backing_format or "raw")
     return _xml.to_string(root)
+
+
+def _same_host(conn_a, conn_b) -> bool:
+    """Whether two connections reach the same host (same host UUID in the capabilities)."""
+    if conn_a is None or conn_b is None:
+        return False
+    try:
+        return host_uuid(conn_a) == host_uuid(conn_b)
+    except libvirt.libvirtError:
+        return False
 
 
 def _safe_active(dom) -> bool:

@@ -226,9 +226,18 @@ def _vol_by_path(conn, path: str):
 
 
 def check_destination(
-    src_conn, dest_conn, dest_uri: str, needs: GuestNeeds, req: CheckRequest
+    src_conn,
+    dest_conn,
+    dest_uri: str,
+    needs: GuestNeeds,
+    req: CheckRequest,
+    *,
+    reserved_mib: int = 0,
 ) -> Candidate:
-    """Ask ``dest_conn`` (read-only questions) whether it can take the guest."""
+    """Ask ``dest_conn`` (read-only questions) whether it can take the guest.
+
+    ``reserved_mib`` counts as committed and not free: memory a plan has already promised.
+    """
     cand = Candidate(dest_uri)
 
     try:
@@ -298,9 +307,13 @@ def check_destination(
                 continue
         cand.volumes_to_create.append((disk, pool))
 
+    mem = host_memory(dest_conn)
+    if reserved_mib:
+        mem = HostMemory(
+            mem.total_mib, mem.free_mib - reserved_mib, mem.committed_mib + reserved_mib
+        )
+    cand.memory = mem
     if req.live:
-        mem = host_memory(dest_conn)
-        cand.memory = mem
         want = needs.memory_mib + req.memory_reserve_mib
         room = min(mem.free_mib, mem.uncommitted_mib)
         if want > room:
@@ -312,8 +325,6 @@ def check_destination(
             )
         if req.check_cpu and needs.cpu_xml:
             _check_cpu(dest_conn, needs, cand)
-    else:
-        cand.memory = host_memory(dest_conn)
     return cand
 
 

@@ -45,15 +45,41 @@ attributes:
     support: full
 options:
   name:
-    description: Name of the guest to move.
+    description:
+      - Name of the guest to move.
+      - Exactly one of O(name) and O(all_running=true) is required.
     type: str
-    required: true
+  all_running:
+    description:
+      - Move every active guest of the host of O(uri), largest first, each to the candidate
+        of O(dest_candidates) with the most room at that moment (or to O(dest_uri)).
+      - The first guest that cannot move (no candidate can take it, or its migration
+        fails) stops the evacuation safely. Guests already moved stay where they went,
+        the others stay on the source, and the module fails listing which is where.
+      - In check mode the whole plan is made, each planned guest's memory counted on its
+        destination, and RV(moved) lists what would move where; nothing moves.
+      - With O(balance_threshold_mib), only enough guests move to even out memory.
+    type: bool
+    default: false
+  parallel:
+    description:
+      - With O(all_running=true), how many migrations may run at once.
+    type: int
+    default: 1
+  balance_threshold_mib:
+    description:
+      - With O(all_running=true), move guests off the host of O(uri) only while a candidate
+        has more than this many MiB more memory not committed to guests than this host;
+        each time the guest that best halves that gap goes to that candidate.
+      - Run it for each host of a group in turn to even out the group (see the
+        C(rebalance) playbook).
+    type: int
   dest_uri:
     description:
       - libvirt URI of the destination host, for example V(qemu+tls://kvm2.example.com/system).
       - With O(peer2peer=true) the source's libvirtd connects to this URI, so it must work
         from the source host as well as from where the module runs.
-      - Exactly one of O(dest_uri) and O(dest_candidates) is required.
+      - O(dest_uri) and O(dest_candidates) are mutually exclusive; one is required.
     type: str
   dest_candidates:
     description:
@@ -271,11 +297,11 @@ EXAMPLES = r"""
 RETURN = r"""
 name:
   description: Name of the guest.
-  returned: always
+  returned: with O(name)
   type: str
 uuid:
   description: UUID of the guest.
-  returned: always
+  returned: with O(name)
   type: str
 source_uri:
   description: URI of the source host (O(uri)).
@@ -283,22 +309,22 @@ source_uri:
   type: str
 dest_uri:
   description: URI of the destination given or chosen.
-  returned: always
+  returned: with O(name)
   type: str
 location:
   description: URI of the host the guest is on at the end (in check mode, where it is now).
-  returned: always
+  returned: with O(name)
   type: str
   sample: qemu+tcp://198.18.0.12/system
 state:
   description: State of the guest on RV(location), such as V(running) or V(shut off).
-  returned: always
+  returned: with O(name)
   type: str
 placement:
   description:
     - Every destination checked, whether it can take the guest and why not, with its
       memory figures in MiB. Empty when the guest was already in place.
-  returned: always
+  returned: with O(name)
   type: list
   elements: dict
   sample:
@@ -369,29 +395,47 @@ events:
   returned: when a guest was migrated
   type: list
   elements: str
+moved:
+  description:
+    - With O(all_running=true), the guests moved (in check mode, that would move), each
+      with C(name), C(memory_mib), C(dest_uri), C(location) and C(stats).
+  returned: with O(all_running=true)
+  type: list
+  elements: dict
+remaining:
+  description: With O(all_running=true), the guests still active on the source.
+  returned: with O(all_running=true)
+  type: list
+  elements: str
 volumes_created:
-  description: Destination volumes created for O(storage_copy) (in check mode, those it would create).
+  description:
+    - Destination volumes created for O(storage_copy) (in check mode, those it would create).
   returned: when a guest was or would be migrated
   type: list
   elements: str
 notes:
   description: Remarks of the checks, such as what could not be checked.
-  returned: always
+  returned: with O(name)
   type: list
   elements: str
 """
 
-from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
+from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (  # noqa: E402
     ARGUMENT_SPEC,
     MODULE_KWARGS,
     Migrator,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_evacuate import (  # noqa: E402
+    Evacuator,
 )
 
 
 def main() -> None:
     module = KvmModule(argument_spec=ARGUMENT_SPEC, **MODULE_KWARGS)
-    module.run(lambda kvm: Migrator(kvm).run())
+    module.run(
+        lambda kvm: Evacuator(kvm).run() if kvm.params["all_running"] else Migrator(kvm).run()
+    )
 
 
 if __name__ == "__main__":

@@ -399,10 +399,15 @@ def test_cpu_model_the_destination_cannot_run_is_refused(hosts):
 
 
 def test_destination_that_is_the_source_host_is_refused(hosts):
+    # The source under another URI: the guest shows up on "both" hosts.
+    hosts[DST] = hosts[SRC]
     hosts[SRC].add("g1")
-    hosts[DST].host_uuid = hosts[SRC].host_uuid
     with pytest.raises(KvmValidationError, match="is the source host itself"):
         migrator(hosts).run()
+    hosts[SRC].domains["g1"].active = False
+    with pytest.raises(KvmValidationError, match="is the source host itself"):
+        migrator(hosts, mode="offline").run()
+    assert "g1" in hosts[SRC].domains
 
 
 def test_unreachable_destination_fails_clearly(hosts):
