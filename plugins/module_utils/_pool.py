@@ -83,6 +83,16 @@ def _norm_path(path: str | None) -> str | None:
     return path.rstrip("/") or "/" if path else path
 
 
+def _inactive_xml(pool) -> str:
+    """The persistent configuration of a pool (drivers without that flag: the live XML)."""
+    try:
+        return pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise from_libvirt(exc, f"read storage pool '{pool.name()}'") from exc
+        return pool.XMLDesc(0)
+
+
 class PoolManager:
     def __init__(self, kvm) -> None:
         self.kvm = kvm
@@ -130,7 +140,7 @@ class PoolManager:
             self.result["pool"] = pool_view(pool)
             return
 
-        actual = PoolSpec.from_xml(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE))
+        actual = PoolSpec.from_xml(_inactive_xml(pool))
         self._check_immutable(desired, actual)
         self.diff.add("state", "present", "present")
         self.diff.add("type", actual.type, desired.type)
