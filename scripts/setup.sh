@@ -21,6 +21,8 @@ DEB_PACKAGES=(
     # test lab: guest images, cloud-init seeds, SSH into guests
     debootstrap genisoimage busybox-static cpio e2fsprogs dosfstools openssh-client
     ca-certificates git rsync
+    # storage tests: logical (LVM) pools on loop devices
+    lvm2
 )
 
 log() { printf '\n==> %s\n' "$*"; }
