@@ -60,3 +60,20 @@ def parse_size(value: int | str, *, what: str = "size", default_unit: str = "B")
             raise KvmValidationError(f"{what}: {value!r} is not a whole number of bytes")
         return total
     return int(number) * factor
+
+
+# --- memory sizes of guests (virtops.kvm.domain) ----------------------------------------------
+MIB = 1024 * 1024
+
+
+def parse_mib(value: int | str, *, what: str = "memory") -> int:
+    """Whole MiB in ``value``: an int is MiB, a string may carry a unit (``2GiB``, ``1G``)."""
+    size = parse_size(value, what=what, default_unit="MiB")
+    if size % MIB:
+        raise KvmValidationError(f"{what}: {value!r} is not a whole number of MiB")
+    return size // MIB
+
+
+def from_libvirt(value: str, unit: str | None) -> int:
+    """Bytes of a libvirt value such as ``<memory unit='KiB'>524288</memory>`` (KiB if no unit)."""
+    return int(value.strip()) * unit_factor(unit or "KiB")

@@ -1,0 +1,405 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""The reconciler behind ``virtops.kvm.domain``.
+
+One shape: read the actual definition -> compute the differences of the wished settings ->
+if any and not in check mode, write the whole new definition at once (``defineXML`` with
+libvirt's schema validation), bring a running guest along live, make the run-state
+transition and wait for it -> report ``changed``, ``diff``, ``restart_required`` and the
+final state. Every check of the input happens before the first write.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import _xml
+from ._diff import DifferenceTracker
+from ._domain_lifecycle import ACTIVE, Lifecycle, plan, state_of
+from ._domain_live import LIVE_FIELDS, LiveUpdater, pending_restart
+from ._domain_model import (
+    FIELDS_BY_NAME,
+    compare,
+    contains,
+    merge,
+    read_disks,
+    skeleton,
+    write,
+    xml_parts,
+)
+from ._domain_spec import HostChecks, Wish, desired_from_params
+from ._errors import KvmValidationError, from_libvirt, is_error
+from ._host import resolve_virt_type
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+
+def inactive_xml(dom) -> str:
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    try:
+        return dom.XMLDesc(flags)
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"read the definition of guest {dom.name()}") from exc
+
+
+def live_xml(dom) -> str:
+    try:
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"read the live definition of guest {dom.name()}") from exc
+
+
+def lookup(conn, name: str):
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
+            return None
+        raise from_libvirt(exc, f"look up guest {name}") from exc
+
+
+def _undefine_flags() -> int:
+    flags = 0
+    for name in (
+        "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
+        "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+        "VIR_DOMAIN_UNDEFINE_NVRAM",
+        "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA",
+    ):
+        flags |= getattr(libvirt, name, 0)
+    return flags
+
+
+class DomainManager:
+    def __init__(self, kvm) -> None:
+        self.kvm = kvm
+        self.params = kvm.params
+        self.check_mode = kvm.check_mode
+        self.tracker = DifferenceTracker()
+        self.warnings: list[str] = []
+
+    @property
+    def conn(self):
+        return self.kvm.conn
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> dict[str, Any]:
+        if self.params["state"] == "absent":
+            return self.absent()
+        wish = desired_from_params(self.params)  # pure checks first, before connecting
+        dom = lookup(self.conn, wish.name)
+        actual_root = _xml.parse(inactive_xml(dom), "domain XML") if dom else None
+        current = state_of(dom) if dom else "absent"
+        host = HostChecks(self.conn, self.params["uri"])
+        creating = dom is None
+        if creating:
+            self._creation_defaults(wish)
+            virt_type = wish.fields.get("virt_type") or resolve_virt_type(self.conn, wish.virt_type)
+            wish.fields["virt_type"] = virt_type
+            base = skeleton(wish.name, virt_type)
+        else:
+            base = actual_root
+        host.complete(wish, actual_root)
+        self._secure_boot_machine(wish, actual_root, host, creating)
+        host.check_exists(wish, actual_root)
+
+        new_root = copy.deepcopy(base)
+        comparisons = compare(actual_root, wish.fields)
+        changed_fields = []
+        for name, before, after in comparisons:
+            restart = FIELDS_BY_NAME[name].restart and name not in LIVE_FIELDS
+            if self.tracker.add(name, before, after, restart_required=restart) or creating:
+                changed_fields.append(name)
+        write(new_root, wish.fields, changed_fields)
+        self._merge_fragment(wish, actual_root, new_root, creating)
+        self._verify(wish, new_root)
+        config_changed = bool(self.tracker) or creating
+
+        autostart_before = bool(dom.autostart()) if dom else False
+        if wish.autostart is not None:
+            self.tracker.add("autostart", autostart_before, wish.autostart)
+
+        run_state = "shutoff" if creating else current
+        transition = plan(run_state, self.params["state"])
+        starting = any(s in ("start", "start_paused") for s in transition.steps)
+        if self.params["memory_guard"]:
+            max_memory = FIELDS_BY_NAME["max_memory"].read(new_root)
+            host.check_memory(max_memory, starting=starting)
+        final = transition.final
+        self.tracker.add("state", "absent" if creating else current, final)
+
+        # a running guest that stays up: live changes, and what waits for a restart
+        stays_up = (
+            not creating
+            and current in ACTIVE
+            and final in ACTIVE
+            and not any(s in ("shutdown", "destroy") for s in transition.steps)
+        )
+        restart_required: list[str] = []
+        live_applied: list[str] = []
+        restarted = forced = False
+        changed_now = [n for n in changed_fields if n not in ("state",)]
+        if stays_up and not creating:
+            restart_required = [n for n in changed_now if n not in LIVE_FIELDS]
+            if not changed_now:
+                restart_required = pending_restart(
+                    _xml.parse(live_xml(dom), "live domain XML"), actual_root
+                )
+
+        if self.check_mode:
+            will_restart = bool(restart_required) and self.params["restart_if_required"]
+            changed = bool(self.tracker) or will_restart
+            result_root = new_root if config_changed else actual_root
+            return self._result(
+                changed,
+                wish.name,
+                _xml.text(result_root, "uuid"),
+                final,
+                result_root,
+                restart_required=[] if will_restart else restart_required,
+                restarted=will_restart,
+            )
+
+        # ---- apply: one definition write, then live, then the run state
+        if config_changed:
+            dom = self._define(new_root, creating)
+        done = False
+        try:
+            if wish.autostart is not None and autostart_before != wish.autostart:
+                self._call(lambda: dom.setAutostart(1 if wish.autostart else 0), "set autostart")
+            if stays_up and changed_now:
+                live = LiveUpdater(dom, host.host_cpus())
+                outcome = live.apply(
+                    changed_now,
+                    wish.fields,
+                    _xml.parse(live_xml(dom), "live domain XML"),
+                    _xml.parse(inactive_xml(dom), "domain XML"),
+                )
+                live_applied = outcome.applied
+                restart_required = sorted(
+                    set(outcome.pending) | {n for n in changed_now if n not in LIVE_FIELDS}
+                )
+                self.warnings += outcome.warnings
+            lifecycle = self._lifecycle(dom)
+            lifecycle.run(transition.steps)
+            if restart_required and stays_up and self.params["restart_if_required"]:
+                was = state_of(dom)
+                lifecycle.shutdown()
+                lifecycle.start() if was != "paused" else lifecycle.start_paused()
+                restarted, restart_required = True, []
+            forced = lifecycle.forced
+            done = True
+        finally:
+            if creating and not done:  # a failed run leaves no half-made guest behind
+                self._undo_create(dom)
+        final_state = state_of(dom)
+        changed = bool(self.tracker) or restarted
+        result_root = _xml.parse(inactive_xml(dom), "domain XML")
+        return self._result(
+            changed,
+            wish.name,
+            _xml.text(result_root, "uuid"),
+            final_state,
+            result_root,
+            restart_required=restart_required,
+            restarted=restarted,
+            forced=forced,
+            live_applied=live_applied,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _creation_defaults(self, wish: Wish) -> None:
+        f = wish.fields
+        if "memory" not in f and "max_memory" not in f:
+            raise KvmValidationError(f"memory is required to create guest {wish.name}")
+        f.setdefault("memory", f.get("max_memory"))
+        f.setdefault("max_memory", f["memory"])
+        f.setdefault("vcpus", f.get("max_vcpus") or 1)
+        f.setdefault("max_vcpus", f["vcpus"])
+        if "serials" not in f:
+            f["serials"] = [{"port": 0, "type": "pty"}]
+
+    def _secure_boot_machine(self, wish, actual_root, host, creating) -> None:
+        f = wish.fields
+        secure = f.get("secure_boot")
+        if secure is None and actual_root is not None:
+            secure = FIELDS_BY_NAME["secure_boot"].read(actual_root) and "firmware" not in f
+        if not secure:
+            return
+        machine = f.get("machine")
+        if machine is None and actual_root is not None:
+            machine = FIELDS_BY_NAME["machine"].read(actual_root)
+        if machine is None and creating:
+            f["machine"] = machine = host.canonical_machine("q35")
+        if machine and "q35" not in machine and host.capabilities().find(".//machine") is not None:
+            raise KvmValidationError(
+                f"secure_boot needs a q35 machine type, the guest has {machine}"
+            )
+
+    def _merge_fragment(self, wish: Wish, actual_root, new_root, creating: bool) -> None:
+        fragment = wish.fragment
+        if fragment is None:
+            return
+        if fragment.get("type") is not None or fragment.find("name") is not None:
+            name = _xml.text(fragment, "name")
+            if name is not None and name != wish.name:
+                raise KvmValidationError(
+                    f"The xml option names guest {name!r}, but name is {wish.name!r}"
+                )
+        before_ok = actual_root is not None and contains(actual_root, fragment)
+        merge(new_root, fragment)
+        if not contains(new_root, fragment):
+            raise KvmValidationError("The xml option cannot be merged into the definition")
+        after = xml_parts(new_root, fragment)
+        before = xml_parts(actual_root, fragment) if actual_root is not None else None
+        if before_ok:
+            before = after
+        elif before == after:
+            before = None
+        self.tracker.add("xml", before, after)
+
+    def _verify(self, wish: Wish, new_root) -> None:
+        """Every wished field reads back as wished (catches ``xml`` overriding options)."""
+        for name, before, after in compare(new_root, wish.fields):
+            if before != after:
+                culprit = " (the xml option sets it too)" if wish.fragment is not None else ""
+                raise KvmValidationError(
+                    f"Conflicting settings for {name}{culprit}: wished {after!r}, "
+                    f"the definition would have {before!r}"
+                )
+
+    def _define(self, new_root, creating: bool):
+        text = _xml.to_string(new_root)
+        flags = getattr(libvirt, "VIR_DOMAIN_DEFINE_VALIDATE", 0)
+        try:
+            return self.conn.defineXMLFlags(text, flags)
+        except libvirt.libvirtError as exc:
+            action = "define" if creating else "update the definition of"
+            raise from_libvirt(exc, f"{action} guest {_xml.text(new_root, 'name')}") from exc
+
+    def _undo_create(self, dom) -> None:
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(_undefine_flags())
+        except libvirt.libvirtError as exc:
+            self.warnings.append(f"Could not remove the half-made guest: {exc}")
+
+    def _lifecycle(self, dom) -> Lifecycle:
+        return Lifecycle(
+            dom,
+            timeout=self.params["timeout"],
+            force=self.params["force"],
+            shutdown_mode=self.params["shutdown_mode"],
+        )
+
+    def _call(self, func, action: str):
+        try:
+            return func()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, action) from exc
+
+    def _result(
+        self,
+        changed: bool,
+        name: str,
+        uuid: str | None,
+        state: str,
+        root,
+        *,
+        restart_required: list[str],
+        restarted: bool = False,
+        forced: bool = False,
+        live_applied: list[str] | None = None,
+    ) -> dict[str, Any]:
+        for warning in self.warnings:
+            self.kvm.warn(warning)
+        result: dict[str, Any] = {
+            "changed": changed,
+            "name": name,
+            "uuid": uuid,
+            "state": state,
+            "changes": [n for n in self.tracker.changed_names() if n != "state"],
+            "restart_required": restart_required,
+            "restarted": restarted,
+            "forced": forced,
+            "live_applied": live_applied or [],
+            "xml": _xml.to_string(root) if root is not None else None,
+        }
+        if self.kvm.diff_mode:
+            result["diff"] = self.tracker.diff()
+        return result
+
+    # ------------------------------------------------------------------ absent
+    def absent(self) -> dict[str, Any]:
+        name = self.params["name"]
+        dom = lookup(self.conn, name)
+        if dom is None:
+            self.tracker.add("state", "absent", "absent")
+            return self._result(False, name, None, "absent", None, restart_required=[])
+        current = state_of(dom)
+        root = _xml.parse(inactive_xml(dom), "domain XML")
+        volumes = self._volumes(root, name) if self.params["remove_storage"] else []
+        self.tracker.add("state", current, "absent")
+        if volumes:
+            self.tracker.add("volumes", [v[0] for v in volumes], [])
+        if not self.check_mode:
+            if current in ACTIVE:
+                self._lifecycle(dom).destroy()
+            self._call(
+                lambda: dom.undefineFlags(_undefine_flags()), f"remove the definition of {name}"
+            )
+            for path, vol in volumes:
+                self._call(lambda v=vol: v.delete(0), f"delete volume {path}")
+        result = self._result(
+            True, name, _xml.text(root, "uuid"), "absent", None, restart_required=[]
+        )
+        result["removed_volumes"] = [v[0] for v in volumes]
+        return result
+
+    def _volumes(self, root, name: str) -> list[tuple[str, Any]]:
+        """The storage volumes of the guest's disks (not CD-ROMs), checked before removal."""
+        found = []
+        for disk in read_disks(root):
+            if disk.device != "disk":
+                continue
+            try:
+                if disk.volume is not None:
+                    pool = self.conn.storagePoolLookupByName(disk.pool)
+                    vol = pool.storageVolLookupByName(disk.volume)
+                elif disk.path:
+                    vol = self.conn.storageVolLookupByPath(disk.path)
+                else:
+                    continue
+            except libvirt.libvirtError:
+                self.warnings.append(
+                    f"Disk {disk.target} ({disk.path or disk.volume}) is not a volume of a "
+                    "storage pool; left in place"
+                )
+                continue
+            users = self._other_users(vol.path(), name)
+            if users:
+                self.warnings.append(
+                    f"Volume {vol.path()} is also used by {', '.join(users)}; left in place"
+                )
+                continue
+            found.append((vol.path(), vol))
+        return found
+
+    def _other_users(self, path: str, name: str) -> list[str]:
+        users = []
+        for other in self.conn.listAllDomains(0):
+            if other.name() == name:
+                continue
+            root = _xml.parse(other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "domain XML")
+            for disk in read_disks(root):
+                if disk.path == path:
+                    users.append(other.name())
+        return users
