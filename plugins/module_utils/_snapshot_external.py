@@ -1,0 +1,335 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""External (overlay) snapshots: the deletions and reverts libvirt 9.0 does not do.
+
+libvirt 9.0 *deletes* an external snapshot whose overlay is in the guest's active backing
+chain itself (block commit of the overlay into its base: an active commit with pivot for
+the top image of a running guest, a commit of an intermediate image otherwise, offline
+with ``qemu-img`` for a shut-off guest) and removes the overlay file; the module uses that
+and validates first what libvirt would refuse half-way. Two things are left to us:
+
+Revert (libvirt 9.0: "revert to external snapshot not supported yet")
+    1. the guest is stopped (a revert discards its current state);
+    2. for each external disk a fresh, empty qcow2 overlay is made on ``base(S, d)`` with
+       ``qemu-img create`` (``base`` itself is never written). If no child snapshot is
+       based on ``overlay(S, d)`` the old overlay only held discarded writes and is replaced
+       in place; otherwise it is the base of that child and stays, and the new overlay gets
+       a new name (``<overlay>.rN.qcow2``) recorded in the snapshot (redefined);
+    3. the persistent definition's disk points at the new overlay; ``S`` becomes current;
+    4. the guest is started (or started paused) when the revert should leave it running.
+    The guest's configuration is left as it is now (only disk contents are restored).
+
+Delete of a snapshot whose overlay is not in the active chain (a snapshot the guest was
+reverted away from; it has no child): its overlay holds only discarded writes, so it is
+removed without a merge, the metadata is deleted, and a base left without any user (an
+overlay of the parent that a revert replaced) is removed too.
+
+Everything here handles image files directly and so needs the module to run on the KVM
+host (a local URI) with ``qemu-img``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from . import _xml
+from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._snapshot_model import (
+    SnapshotModel,
+    backing_chain_offline,
+    domain_xml,
+    parse_disks,
+)
+
+try:
+    import libvirt
+except ImportError:  # reported by the module wrapper
+    libvirt = None
+
+
+def active_chains(dom, *, local: bool) -> dict[str, list[str]]:
+    """Per disk target: the image chain the guest uses now, top first."""
+    if dom.isActive():
+        return {d.target: d.chain for d in parse_disks(domain_xml(dom))}
+    chains = {}
+    for disk in parse_disks(domain_xml(dom, inactive=True)):
+        if disk.source and local and disk.type == "file":
+            chains[disk.target] = backing_chain_offline(disk.source)
+        else:
+            chains[disk.target] = disk.chain
+    return chains
+
+
+def _qemu_img() -> str:
+    path = shutil.which("qemu-img")
+    if path is None:
+        raise KvmValidationError("qemu-img is needed on the KVM host for this operation")
+    return path
+
+
+def _require_local(local: bool, what: str) -> None:
+    if not local:
+        raise KvmValidationError(
+            f"{what} handles image files directly: run the module on the KVM host "
+            "(a local libvirt URI such as qemu:///system)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Delete
+
+
+@dataclass
+class ExternalDeletePlan:
+    method: str  # libvirt | discard
+    remove_files: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+def plan_external_delete(
+    dom, snaps: dict[str, SnapshotModel], snap: SnapshotModel, *, local: bool
+) -> ExternalDeletePlan:
+    """How to delete external ``snap`` without losing data; refuse what cannot be done."""
+    chains = active_chains(dom, local=local)
+    kids = [snaps[c] for c in snap.children if c in snaps]
+    if len(kids) > 1:
+        raise KvmValidationError(
+            f"Snapshot {snap.name} has {len(kids)} child snapshots"
+            f" ({', '.join(sorted(snap.children))}):"
+            " an external snapshot can only be merged into one line of snapshots; delete the"
+            " snapshots of the other branches first",
+            snapshot=snap.name,
+        )
+    ext = snap.external_disks
+    if kids:
+        kid = kids[0]
+        if snap.current:
+            raise KvmValidationError(
+                f"Snapshot {snap.name} is current and has a child ({kid.name}), after a revert:"
+                f" delete {kid.name} first",
+                snapshot=snap.name,
+            )
+        for d in ext:
+            kd = kid.disk(d.name)
+            if kd is None or kd.base != d.file:
+                raise KvmValidationError(
+                    f"Snapshot {snap.name}: disk {d.name} of its child {kid.name} is not based on"
+                    f" its overlay {d.file} (the guest was reverted to {snap.name} since):"
+                    f" delete {kid.name} first",
+                    snapshot=snap.name,
+                )
+            if d.file not in chains.get(d.name, []):
+                raise KvmValidationError(
+                    f"Snapshot {snap.name}: its overlay {d.file} is not in the active image"
+                    f" chain of disk {d.name} (the guest was reverted elsewhere): delete the"
+                    f" newer snapshots of that branch first",
+                    snapshot=snap.name,
+                )
+        return ExternalDeletePlan("libvirt", detail="block commit into the base (libvirt)")
+
+    tops = {d.name: (chains.get(d.name) or [None])[0] for d in ext}
+    if all(tops[d.name] == d.file for d in ext):
+        return ExternalDeletePlan("libvirt", detail="active block commit into the base (libvirt)")
+    if any(tops[d.name] == d.file for d in ext):
+        raise KvmValidationError(
+            f"Snapshot {snap.name}: some of its overlays are in use and some are not; the"
+            " guest's disks were changed outside this module",
+            snapshot=snap.name,
+        )
+    # A snapshot the guest was reverted away from: its overlays hold discarded writes.
+    _require_local(local, f"Deleting snapshot {snap.name}, which the guest is no longer at,")
+    in_use = {path for chain in chains.values() for path in chain}
+    referenced = set()
+    for other in snaps.values():
+        if other.name == snap.name:
+            continue
+        for d in other.external_disks:
+            referenced.update(p for p in (d.file, d.base) if p)
+    parent = snaps.get(snap.parent) if snap.parent else None
+    remove = []
+    for d in ext:
+        if d.file and d.file not in in_use and d.file not in referenced:
+            remove.append(d.file)
+        pd = parent.disk(d.name) if parent else None
+        orphan_base = (
+            pd is not None
+            and pd.snapshot == "external"
+            and d.base
+            and d.base != pd.file
+            and d.base not in referenced
+            and d.base not in in_use
+        )
+        if orphan_base:
+            remove.append(d.base)
+    return ExternalDeletePlan(
+        "discard", remove, "overlay held only writes discarded by a revert; removed unmerged"
+    )
+
+
+def apply_external_delete(dom, snap: SnapshotModel, plan: ExternalDeletePlan) -> None:
+    try:
+        obj = dom.snapshotLookupByName(snap.name, 0)
+        if plan.method == "libvirt":
+            obj.delete(0)
+            return
+        obj.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"delete snapshot {snap.name}") from exc
+    for path in plan.remove_files:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise KvmError(
+                f"Deleted snapshot {snap.name} but could not remove {path}: {exc}"
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Revert
+
+
+@dataclass
+class RevertDisk:
+    target: str
+    base: str
+    base_fmt: str
+    overlay: str
+    replace: bool  # the overlay path is the snapshot's current one (rewritten in place)
+
+
+@dataclass
+class ExternalRevertPlan:
+    disks: list[RevertDisk]
+
+    @property
+    def redefine(self) -> bool:
+        return any(not d.replace for d in self.disks)
+
+    def facts(self) -> list[dict[str, str]]:
+        return [
+            {"disk": d.target, "base": d.base, "overlay": d.overlay, "new_file": not d.replace}
+            for d in self.disks
+        ]
+
+
+def plan_external_revert(
+    dom, snaps: dict[str, SnapshotModel], snap: SnapshotModel, *, local: bool
+) -> ExternalRevertPlan:
+    _require_local(local, f"Reverting to external snapshot {snap.name}")
+    _qemu_img()
+    if snap.kind != "external" or snap.has_memory:
+        raise KvmValidationError(
+            f"Snapshot {snap.name} is {snap.kind} with memory={snap.has_memory}: only disk-only"
+            " external snapshots can be reverted by this module's external path"
+        )
+    current = {d.target: d for d in parse_disks(domain_xml(dom, inactive=True))}
+    referenced = {
+        p for other in snaps.values() for d in other.external_disks for p in (d.file, d.base) if p
+    }
+    disks = []
+    for d in snap.external_disks:
+        if d.name not in current:
+            raise KvmValidationError(
+                f"Snapshot {snap.name} has disk {d.name}, which the guest no longer has"
+            )
+        if not d.base or not os.path.exists(d.base):
+            raise KvmValidationError(
+                f"Snapshot {snap.name}: the image holding disk {d.name} at the snapshot"
+                f" ({d.base}) is missing"
+            )
+        if not d.file:
+            raise KvmValidationError(f"Snapshot {snap.name}: disk {d.name} has no overlay file")
+        based_on_overlay = any(
+            (kd := snaps[c].disk(d.name)) is not None and kd.base == d.file
+            for c in snap.children
+            if c in snaps
+        )
+        if not based_on_overlay:
+            disks.append(RevertDisk(d.name, d.base, d.base_fmt or "raw", d.file, True))
+            continue
+        stem = d.file[: -len(".qcow2")] if d.file.endswith(".qcow2") else d.file
+        n = 1
+        while os.path.exists(f"{stem}.r{n}.qcow2") or f"{stem}.r{n}.qcow2" in referenced:
+            n += 1
+        disks.append(RevertDisk(d.name, d.base, d.base_fmt or "raw", f"{stem}.r{n}.qcow2", False))
+    return ExternalRevertPlan(disks)
+
+
+def apply_external_revert(dom, snap: SnapshotModel, plan: ExternalRevertPlan, power: str) -> None:
+    """Carry out ``plan``; ``power`` is the state to leave the guest in."""
+    name = dom.name()
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"stop guest {name} to revert it") from exc
+
+    qemu_img = _qemu_img()
+    for d in plan.disks:
+        if d.replace and os.path.exists(d.overlay):
+            os.unlink(d.overlay)
+        proc = subprocess.run(
+            [qemu_img, "create", "-q", "-f", "qcow2", "-F", d.base_fmt, "-b", d.base, d.overlay],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise KvmError(
+                f"Failed to create overlay {d.overlay} on {d.base}: {proc.stderr.strip()}",
+                disk=d.target,
+            )
+
+    root = _xml.parse(domain_xml(dom, inactive=True), "domain XML")
+    by_target = {d.target: d for d in plan.disks}
+    for disk in root.findall("devices/disk"):
+        rd = by_target.get(_xml.attr(disk, "target", "dev") or "")
+        if rd is None:
+            continue
+        disk.set("type", "file")
+        for old in disk.findall("source") + disk.findall("backingStore"):
+            _xml.remove(old)
+        driver = _xml.ensure(disk, "driver")
+        driver.set("name", "qemu")
+        driver.set("type", "qcow2")
+        source = _xml.etree.Element("source", file=rd.overlay)
+        driver.addnext(source)
+    try:
+        dom.connect().defineXML(_xml.to_string(root))
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"point guest {name} at the reverted disks") from exc
+
+    try:
+        obj = dom.snapshotLookupByName(snap.name, 0)
+        snap_root = _xml.parse(
+            obj.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE), "snapshot XML"
+        )
+        for el in snap_root.findall("disks/disk"):
+            rd = by_target.get(el.get("name", ""))
+            if rd is not None and not rd.replace:
+                src = el.find("source")
+                if src is None:
+                    src = _xml.sub(el, "source")
+                src.set("file", rd.overlay)
+        dom.snapshotCreateXML(
+            _xml.to_string(snap_root),
+            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
+        )
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"make {snap.name} the current snapshot") from exc
+
+    if power in ("running", "paused"):
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if power == "paused" else 0
+        try:
+            dom.createWithFlags(flags)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"start guest {name} after the revert") from exc

@@ -1,0 +1,492 @@
+"""Integration tests of virtops.kvm.snapshot / snapshot_info against the real libvirtd.
+
+The ``lab`` tests boot the lab's ``tiny`` guest and check data inside it (markers on its
+marker disk mounted at /mnt/marker, the heartbeat counter in its memory); the
+``integration`` tests use guests that are defined but never started.
+
+Every module call goes through a real ``ansible-playbook``; a change is run four times in
+one playbook (check, apply, check, apply) and ``changed`` is asserted each time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from tests.lab.guests import TinyGuest, disk_xml, prepare_tiny_files, tiny_domain_xml
+from tests.lab.images import build_tiny
+
+libvirt = pytest.importorskip("libvirt")
+
+ROOT = Path(__file__).resolve().parents[2]
+URI = "qemu:///system"
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def conn():
+    c = libvirt.open(URI)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_img():
+    return build_tiny()
+
+
+def _remove_guest(conn, name: str, files_dir: Path | None) -> None:
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        dom = None
+    if dom is not None:
+        if dom.isActive():
+            dom.destroy()
+        for snap in dom.listAllSnapshots(0):
+            try:
+                snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+            except libvirt.libvirtError:
+                pass  # a parent deleted with its children already
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    if files_dir is not None:
+        shutil.rmtree(files_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny(conn, tiny_img, name_prefix):
+    """``tiny(marker='qcow2'|'raw', start=True)`` defines (and boots) a tiny guest."""
+    made: list[tuple[str, Path]] = []
+
+    def _make(marker: str = "qcow2", start: bool = True) -> TinyGuest:
+        name = f"{name_prefix}-{len(made)}"
+        files = prepare_tiny_files(name, tiny_img, marker=marker == "qcow2")
+        made.append((name, files.dir))
+        extra = []
+        if marker == "raw":
+            raw = files.dir / "marker.raw"
+            shutil.copyfile(tiny_img.marker_template_raw, raw)
+            raw.chmod(0o644)
+            extra.append(disk_xml(raw, "vda", "raw"))
+        xml = tiny_domain_xml(name, tiny_img, files, extra_devices=extra)
+        dom = conn.defineXML(xml)
+        guest = TinyGuest(name, files, conn)
+        if start:
+            dom.create()
+            guest.wait_console("TINY READY", timeout=120)
+            guest.wait_console("TINY CMD READY|HEARTBEAT", timeout=60)
+        return guest
+
+    yield _make
+    for name, gdir in made:
+        _remove_guest(conn, name, gdir)
+
+
+def marker_disk(guest: TinyGuest) -> Path:
+    return guest.files.dir / ("marker.qcow2" if guest.files.marker_disk else "marker.raw")
+
+
+def disk_source(dom, target: str = "vda") -> str:
+    root = etree.fromstring(dom.XMLDesc(0))
+    for disk in root.findall("devices/disk"):
+        if disk.find("target").get("dev") == target:
+            return disk.find("source").get("file")
+    raise AssertionError(f"no disk {target}")
+
+
+def has_marker(guest: TinyGuest, name: str) -> bool:
+    status, _ = guest.run(f"test -f /mnt/marker/{name}")
+    return status == 0
+
+
+def shutdown(guest: TinyGuest, timeout: float = 60) -> None:
+    """ACPI power off (the tiny guest syncs and unmounts the marker disk first)."""
+    dom = guest.dom
+    dom.shutdown()
+    deadline = time.monotonic() + timeout
+    while dom.isActive():
+        if time.monotonic() > deadline:
+            dom.destroy()
+            break
+        time.sleep(0.2)
+
+
+def image_markers(path: Path, tmp_path: Path) -> dict[str, str]:
+    """Files on the marker disk image (ext4) read on the host, with their contents."""
+    raw = tmp_path / f"{path.name}.flat.raw"
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(path), str(raw)], check=True)
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls -p /", str(raw)], capture_output=True, text=True, check=True
+    ).stdout
+    names = [f.split("/")[5] for f in listing.splitlines() if f.count("/") >= 6]
+    out = {}
+    for n in names:
+        if n in (".", "..", "lost+found") or not n:
+            continue
+        out[n] = subprocess.run(
+            ["debugfs", "-R", f"cat /{n}", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+    raw.unlink()
+    return out
+
+
+def backing_file(path: str) -> str | None:
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", path],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    return info.get("backing-filename")
+
+
+def task_result(run, name: str) -> dict:
+    """A task's result, with ``failed`` set from the callback's status."""
+    for entry in reversed(run.results):
+        if entry["task"] == name:
+            return {**entry["result"], "failed": entry["status"] == "failed"}
+    raise AssertionError(f"no result for {name}: {run.stdout[-2000:]}")
+
+
+def four_times(playbook, args: dict, module: str = "virtops.kvm.snapshot"):
+    """check, apply, check, apply in one playbook; returns the four results."""
+    tasks = []
+    for i, check in enumerate([True, False, True, False]):
+        tasks.append({"name": f"step{i}", module: args, "check_mode": check, "ignore_errors": True})
+    run = playbook(tasks, diff=True)
+    results = [task_result(run, f"step{i}") for i in range(4)]
+    for r in results:
+        assert not r.get("failed"), r.get("msg")
+    return results
+
+
+def assert_changes(results, expected=(True, True, False, False)) -> None:
+    assert [bool(r.get("changed")) for r in results] == list(expected), [
+        (r.get("changed"), r.get("revert_judgement", {}).get("reason")) for r in results
+    ]
+
+
+def one(playbook, args: dict, module: str = "virtops.kvm.snapshot", check: bool = False):
+    run = playbook([{"name": "t", module: args, "ignore_errors": True}], check=check)
+    return task_result(run, "t")
+
+
+# ---------------------------------------------------------------------------------------
+# lab: data checks inside a booted tiny guest
+
+
+@pytest.mark.lab
+def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tmp_path):
+    guest = tiny()
+    guest.write_marker("A", "alpha")
+    shutdown(guest)
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {"domain": guest.name, "name": "s1", "description": "A only"})
+    assert_changes(res)
+    snap = res[1]["snapshot"]
+    assert snap["kind"] == "internal" and snap["memory"] is False and snap["state"] == "shutoff"
+    assert res[3]["snapshot"]["current"] is True
+    print(f"internal snapshot (stopped) 4 runs: {time.monotonic() - t0:.1f}s")
+
+    guest.dom.create()
+    guest.wait_console("TINY CMD READY", timeout=120)
+    guest.write_marker("B", "beta")
+    assert has_marker(guest, "B")
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {"domain": guest.name, "name": "s1", "state": "reverted"})
+    assert_changes(res)
+    judged = res[2]["revert_judgement"]
+    assert judged["unchanged"] is True and judged["method"] == "image-files", judged
+    assert res[0]["revert_judgement"]["reason"].startswith("the guest is running")
+    print(f"internal revert 4 runs: {time.monotonic() - t0:.1f}s")
+    assert not guest.dom.isActive()  # a disk-only snapshot: the revert leaves it shut off
+
+    # Started again, the image changes: a revert is due again.
+    guest.dom.create()
+    guest.wait_console("TINY CMD READY", timeout=120)
+    assert has_marker(guest, "A") and guest.read_marker("A").strip() == "alpha"
+    assert not has_marker(guest, "B")
+
+
+@pytest.mark.lab
+def test_memory_snapshot_resumes_heartbeat(tiny, playbook, conn):
+    guest = tiny()
+    guest.write_marker("A", "alpha")
+    before = guest.wait_heartbeat(after=2)
+
+    res = four_times(playbook, {"domain": guest.name, "name": "mem1", "memory": True})
+    # A running guest changes all the time, but the snapshot exists: present is idempotent.
+    assert_changes(res)
+    snap = res[1]["snapshot"]
+    assert snap["memory"] is True and snap["state"] == "running" and snap["kind"] == "internal"
+    at_snapshot = guest.last_heartbeat()
+    assert at_snapshot >= before
+
+    guest.write_marker("B", "beta")
+    later = guest.wait_heartbeat(after=at_snapshot + 4, timeout=60)
+    log_size = len(guest.console())
+
+    t0 = time.monotonic()
+    res = four_times(
+        playbook,
+        {"domain": guest.name, "name": "mem1", "state": "reverted", "running_state": "paused"},
+    )
+    print(f"memory revert 4 runs: {time.monotonic() - t0:.1f}s")
+    assert_changes(res)
+    assert res[2]["revert_judgement"]["method"] == "write-counters+vcpu-time"
+    assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+    guest.dom.resume()
+    time.sleep(3)
+    new_beats = [
+        int(line.split()[1])
+        for line in guest.console()[log_size:].decode(errors="replace").splitlines()
+        if line.startswith("HEARTBEAT ")
+    ]
+    assert new_beats, "no heartbeat after resuming"
+    # The counter continues from the snapshot's value, not from where the guest was.
+    assert new_beats[0] <= at_snapshot + 2 < later, (new_beats, at_snapshot, later)
+    assert guest.read_marker("A").strip() == "alpha"
+    assert not has_marker(guest, "B")
+
+    # The guest ran since: reverting again is a change (and the judgement says why).
+    again = one(playbook, {"domain": guest.name, "name": "mem1", "state": "reverted"}, check=True)
+    assert again["changed"] is True
+    assert again["revert_judgement"]["unchanged"] is False
+
+
+@pytest.mark.lab
+def test_external_snapshot_of_running_guest_then_delete_merges(tiny, playbook, tmp_path):
+    guest = tiny()
+    dom = guest.dom
+    base = str(marker_disk(guest))
+    guest.write_marker("A", "alpha")
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {"domain": guest.name, "name": "e1", "kind": "external"})
+    print(f"external snapshot (running) 4 runs: {time.monotonic() - t0:.1f}s")
+    assert_changes(res)
+    overlay = res[1]["created"]["overlays"]["vda"]
+    assert Path(overlay).exists() and disk_source(dom) == overlay
+    assert backing_file(overlay) == base
+    snap = res[3]["snapshot"]
+    assert snap["kind"] == "external" and snap["disks"][0]["base"] == base
+
+    guest.write_marker("B", "beta")  # lands in the overlay
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "absent"})
+    print(f"external delete (running, active commit) 4 runs: {time.monotonic() - t0:.1f}s")
+    assert_changes(res)
+    assert res[1]["deleted"]["method"] == "libvirt"
+    assert dom.isActive()
+    assert disk_source(dom) == base
+    assert not Path(overlay).exists()
+    assert guest.read_marker("A").strip() == "alpha"
+    assert guest.read_marker("B").strip() == "beta"
+    shutdown(guest)
+    assert backing_file(base) is None
+    on_disk = image_markers(Path(base), tmp_path)
+    assert on_disk.get("A", "").strip() == "alpha" and on_disk.get("B", "").strip() == "beta"
+    assert sorted(p.name for p in guest.files.dir.glob("*.qcow2")) == ["marker.qcow2"]
+
+
+@pytest.mark.lab
+def test_external_snapshot_of_raw_disk_revert_and_bad_input(tiny, playbook, tmp_path):
+    guest = tiny(marker="raw")
+    dom = guest.dom
+    base = str(marker_disk(guest))
+    files_before = sorted(p.name for p in guest.files.dir.iterdir())
+
+    # Bad input first: nothing may change.
+    bad = one(playbook, {"domain": guest.name, "name": "m", "memory": True})
+    assert bad.get("failed") and "qcow2" in bad["msg"] and "vda (raw)" in bad["msg"], bad
+    bad = one(playbook, {"domain": guest.name, "name": "nope", "state": "reverted"})
+    assert bad.get("failed") and "has no snapshot 'nope'" in bad["msg"], bad
+    bad = one(playbook, {"domain": guest.name, "name": "q", "kind": "external", "quiesce": True})
+    assert bad.get("failed") and "guest agent" in bad["msg"], bad
+    assert dom.snapshotNum(0) == 0 and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert sorted(p.name for p in guest.files.dir.iterdir()) == files_before
+
+    guest.write_marker("A", "alpha")
+    res = four_times(playbook, {"domain": guest.name, "name": "x1", "kind": "external"})
+    assert_changes(res)
+    overlay = res[1]["created"]["overlays"]["vda"]
+    guest.write_marker("B", "beta")
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {"domain": guest.name, "name": "x1", "state": "reverted"})
+    print(f"external revert 4 runs: {time.monotonic() - t0:.1f}s")
+    assert_changes(res)
+    assert res[1]["revert_overlays"] == [
+        {"disk": "vda", "base": base, "overlay": overlay, "new_file": False}
+    ]
+    assert res[2]["revert_judgement"]["unchanged"] is True
+    assert not dom.isActive() and disk_source(dom) == overlay
+    assert backing_file(overlay) == base
+
+    dom.create()
+    guest.wait_console("TINY CMD READY", timeout=120)
+    assert guest.read_marker("A").strip() == "alpha"
+    assert not has_marker(guest, "B")
+    guest.write_marker("C", "gamma")
+
+    res = four_times(playbook, {"domain": guest.name, "name": "x1", "state": "absent"})
+    assert_changes(res)
+    assert not Path(overlay).exists() and disk_source(dom) == base
+    assert guest.read_marker("C").strip() == "gamma"
+    shutdown(guest)
+    on_disk = image_markers(Path(base), tmp_path)
+    assert set(on_disk) == {"A", "C"}, on_disk
+    assert sorted(p.name for p in guest.files.dir.iterdir()) == files_before
+
+
+@pytest.mark.lab
+def test_external_retention_keeps_n_and_all_data(tiny, playbook, tmp_path):
+    guest = tiny()
+    dom = guest.dom
+    base = str(marker_disk(guest))
+    args = {"domain": guest.name, "kind": "external", "retain": {"prefix": "n-", "keep": 2}}
+    for i in range(1, 4):
+        guest.write_marker(f"m{i}", f"data {i}")
+        res = one(playbook, {**args, "name": f"n-{i}"})
+        assert res["changed"] and not res.get("failed"), res.get("msg")
+    assert sorted(s.getName() for s in dom.listAllSnapshots(0)) == ["n-2", "n-3"]
+    assert res["retention"]["deleted"] == ["n-1"]
+    guest.write_marker("m4", "data 4")
+
+    t0 = time.monotonic()
+    res = four_times(playbook, {**args, "name": "n-4"})
+    print(f"external snapshot + retention (running) 4 runs: {time.monotonic() - t0:.1f}s")
+    assert_changes(res)
+    assert res[0]["retention"]["deleted"] == ["n-2"]
+    assert res[1]["retention"]["deleted"] == ["n-2"]
+    assert res[2]["retention"]["deleted"] == []
+    assert sorted(s.getName() for s in dom.listAllSnapshots(0)) == ["n-3", "n-4"]
+    info = one(playbook, {"domain": guest.name}, module="virtops.kvm.snapshot_info")
+    assert [s["name"] for s in info["snapshots"]] == ["n-3", "n-4"]
+    assert info["snapshots"][0]["disks"][0]["base"] == base  # n-1, n-2 merged into the base
+    assert info["tree"] == [
+        {
+            "name": "n-3",
+            "current": False,
+            "children": [{"name": "n-4", "current": True, "children": []}],
+        }
+    ]
+    for i in range(1, 5):
+        assert guest.read_marker(f"m{i}").strip() == f"data {i}"
+
+    for name in ("n-4", "n-3"):
+        res = one(playbook, {"domain": guest.name, "name": name, "state": "absent"})
+        assert res["changed"] and not res.get("failed"), res.get("msg")
+    shutdown(guest)
+    on_disk = image_markers(Path(base), tmp_path)
+    assert {k: v.strip() for k, v in on_disk.items()} == {f"m{i}": f"data {i}" for i in range(1, 5)}
+    assert sorted(p.name for p in guest.files.dir.glob("*.qcow2")) == ["marker.qcow2"]
+
+
+# ---------------------------------------------------------------------------------------
+# integration: guests that are defined, never started
+
+
+@pytest.mark.integration
+def test_missing_guest_is_a_clear_error(playbook, name_prefix):
+    res = one(playbook, {"domain": f"{name_prefix}-none", "name": "s"})
+    assert res.get("failed") and res["msg"] == f"Guest '{name_prefix}-none' does not exist"
+    info = one(playbook, {"domain": f"{name_prefix}-none"}, module="virtops.kvm.snapshot_info")
+    assert info.get("failed") and "does not exist" in info["msg"]
+
+
+@pytest.mark.integration
+def test_internal_retention_and_tree_on_stopped_guest(tiny, playbook, conn):
+    guest = tiny(start=False)
+    dom = guest.dom
+    args = {"domain": guest.name, "retain": {"prefix": "nightly-", "keep": 3}}
+    for i in range(1, 5):
+        res = one(playbook, {**args, "name": f"nightly-{i}"})
+        assert res["changed"] and not res.get("failed"), res.get("msg")
+    one(playbook, {"domain": guest.name, "name": "manual"})  # no prefix: never retained
+    assert sorted(s.getName() for s in dom.listAllSnapshots(0)) == [
+        "manual",
+        "nightly-2",
+        "nightly-3",
+        "nightly-4",
+    ]
+    res = four_times(playbook, {**args, "name": "nightly-5"})
+    assert_changes(res)
+    assert res[1]["retention"]["deleted"] == ["nightly-2"]
+    assert res[1]["retention"]["kept"] == ["nightly-3", "nightly-4", "nightly-5"]
+    assert sorted(s.getName() for s in dom.listAllSnapshots(0)) == [
+        "manual",
+        "nightly-3",
+        "nightly-4",
+        "nightly-5",
+    ]
+
+    # tree: revert to nightly-3, take another: nightly-3 gets a second child
+    res = one(playbook, {"domain": guest.name, "name": "nightly-3", "state": "reverted"})
+    assert res["changed"] and not res.get("failed"), res.get("msg")
+    one(playbook, {"domain": guest.name, "name": "branch"})
+    info = one(playbook, {"domain": guest.name}, module="virtops.kvm.snapshot_info")
+    by_name = {s["name"]: s for s in info["snapshots"]}
+    assert by_name["nightly-3"]["children"] == ["branch", "nightly-4"]
+    assert by_name["branch"]["parent"] == "nightly-3" and info["current"] == "branch"
+    assert info["snapshots"][0]["name"] == "nightly-3"
+    # deleting a parent keeps its children (libvirt reparents them)
+    one(playbook, {"domain": guest.name, "name": "nightly-3", "state": "absent"})
+    info = one(
+        playbook, {"domain": guest.name, "name": "branch"}, module="virtops.kvm.snapshot_info"
+    )
+    assert info["snapshots"][0]["parent"] is None
+
+
+@pytest.mark.integration
+def test_playbook_create_list_revert_delete_is_idempotent(tiny, playbook, tmp_path):
+    guest = tiny(start=False)
+    book = ROOT / "playbooks" / "snapshot.yml"
+    plays = [{"import_playbook": str(book)}]
+
+    def run(action, **extra):
+        result = playbook(
+            plays=plays,
+            extra_vars={
+                "snapshot_domain": guest.name,
+                "snapshot_name": "pb1",
+                "snapshot_action": action,
+                **extra,
+            },
+        )
+        assert result.rc == 0, result.stdout[-3000:]
+        return result
+
+    def twice(action, first):
+        first_run = run(action)
+        assert first_run.changed is first, (action, first_run.results)
+        again = run(action)
+        assert again.changed is False, (action, again.results)
+
+    twice("create", True)
+    twice("list", False)
+    twice("revert", False)  # just taken, image untouched since: already there
+    # An offline write to the image (what a started guest would do): revert is due.
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 0x5a 20M 64k", str(marker_disk(guest))],
+        check=True,
+        capture_output=True,
+    )
+    twice("revert", True)
+    twice("delete", True)
+    assert guest.dom.snapshotNum(0) == 0
