@@ -46,8 +46,8 @@ POOL_ARGUMENT_SPEC: dict[str, Any] = {
                 "type": "dict",
                 "options": {
                     "username": {"type": "str", "required": True},
-                    "secret_usage": {"type": "str"},
-                    "secret_uuid": {"type": "str"},
+                    "secret_usage": {"type": "str", "no_log": False},
+                    "secret_uuid": {"type": "str", "no_log": False},
                     "secret_value": {"type": "str", "no_log": True},
                     "secret_update": {
                         "type": "str",

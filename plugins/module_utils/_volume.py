@@ -529,7 +529,7 @@ class VolumeManager:
             vol.upload(stream, 0, src.size, 0)
             with open(src.path, "rb") as fh:
                 try:
-                    stream.sendAll(lambda _s, n, f: f.read(min(n, CHUNK)), fh)
+                    stream.sendAll(lambda _stream, n, f: f.read(min(n, CHUNK)), fh)
                     stream.finish()
                 except libvirt.libvirtError:
                     stream.abort()
@@ -565,7 +565,7 @@ class VolumeManager:
         stream = self.conn.newStream(0)
         try:
             vol.download(stream, 0, 0, 0)
-            stream.recvAll(lambda _s, data, hh: hh.update(data), h)
+            stream.recvAll(lambda _stream, data, hh: hh.update(data), h)
             stream.finish()
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, f"read volume '{vol.name()}' to verify its checksum") from exc
@@ -617,7 +617,7 @@ class VolumeManager:
         if users:
             raise KvmValidationError(
                 f"Volume '{self.params['name']}' is in use by running guest(s) "
-                f"{', '.join(d.name() for d, _ in users)}: not replacing it"
+                f"{', '.join(d.name() for d, _target in users)}: not replacing it"
             )
         self._pool_call(lambda: vol.delete(0), "delete (to replace)")
         self._import_new(replacing=True)
@@ -707,7 +707,7 @@ class VolumeManager:
         if users:
             raise KvmValidationError(
                 f"Volume '{p['name']}' is in use by running guest(s) "
-                f"{', '.join(d.name() for d, _ in users)}: stop them or detach it first"
+                f"{', '.join(d.name() for d, _target in users)}: stop them or detach it first"
             )
         dependants = []
         for other in self.pool.listAllVolumes(0):

@@ -20,18 +20,21 @@ description:
     configuration; a running pool keeps using the old source until it is stopped and
     started, and the module reports that in RV(restart_required).
   - Returns the capacity, allocation and available bytes of the pool.
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: Predicts the changes and reports them without making any.
     support: full
   diff_mode:
+    description: Returns the managed settings before and after.
     support: full
   idempotent:
+    description: A second run with the same options reports no change; O(refresh) is not a change.
     support: full
-    details: A second run with the same options reports no change (O(refresh) is not a change).
 options:
   name:
     description: Name of the storage pool.
@@ -213,24 +216,55 @@ pool:
   returned: always
   type: dict
   contains:
-    name: {description: Name., type: str, returned: success}
-    uuid: {description: UUID., type: str, returned: success}
-    type: {description: Pool type., type: str, returned: success, sample: dir}
-    target: {description: Target directory (none for rbd)., type: str, returned: success}
-    source: {description: Source settings as given to libvirt., type: dict, returned: success}
+    name:
+      description: Name.
+      type: str
+      returned: success
+    uuid:
+      description: UUID.
+      type: str
+      returned: success
+    type:
+      description: Pool type.
+      type: str
+      returned: success
+      sample: dir
+    target:
+      description: Target directory (none for rbd).
+      type: str
+      returned: success
+    source:
+      description: Source settings as given to libvirt.
+      type: dict
+      returned: success
     state:
       description: V(inactive), V(building), V(running), V(degraded) or V(inaccessible).
       type: str
       returned: success
-    active: {description: Whether the pool is running., type: bool, returned: success}
-    autostart: {description: Whether it starts with libvirt., type: bool, returned: success}
-    persistent: {description: Whether it is defined (not transient)., type: bool, returned: success}
+    active:
+      description: Whether the pool is running.
+      type: bool
+      returned: success
+    autostart:
+      description: Whether it starts with libvirt.
+      type: bool
+      returned: success
+    persistent:
+      description: Whether it is defined (not transient).
+      type: bool
+      returned: success
     capacity:
       description: Size of the pool in bytes (0 when inactive).
       type: int
       returned: success
-    allocation: {description: Bytes allocated., type: int, returned: success}
-    available: {description: Bytes free for new volumes., type: int, returned: success}
+    allocation:
+      description: Bytes allocated.
+      type: int
+      returned: success
+    available:
+      description: Bytes free for new volumes.
+      type: int
+      returned: success
     volume_count:
       description: Number of volumes (null when inactive).
       type: int

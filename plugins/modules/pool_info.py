@@ -12,17 +12,20 @@ version_added: 0.1.0
 description:
   - Returns one storage pool or all of them, with state, settings and capacity,
     allocation and available bytes.
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: Changes nothing, so it runs the same in check mode.
     support: full
-    details: The module changes nothing.
   diff_mode:
+    description: Returns no diff.
     support: none
   idempotent:
+    description: Read-only.
     support: full
 options:
   name:
@@ -62,25 +65,56 @@ pools:
   type: list
   elements: dict
   contains:
-    name: {description: Name., type: str, returned: success}
-    uuid: {description: UUID., type: str, returned: success}
-    type: {description: Pool type., type: str, returned: success, sample: dir}
-    target: {description: Target directory (none for rbd)., type: str, returned: success}
-    source: {description: Source settings., type: dict, returned: success}
+    name:
+      description: Name.
+      type: str
+      returned: success
+    uuid:
+      description: UUID.
+      type: str
+      returned: success
+    type:
+      description: Pool type.
+      type: str
+      returned: success
+      sample: dir
+    target:
+      description: Target directory (none for rbd).
+      type: str
+      returned: success
+    source:
+      description: Source settings.
+      type: dict
+      returned: success
     state:
       description: V(inactive), V(building), V(running), V(degraded) or V(inaccessible).
       type: str
       returned: success
-    active: {description: Whether the pool is running., type: bool, returned: success}
-    autostart: {description: Whether it starts with libvirt., type: bool, returned: success}
-    persistent: {description: Whether it is defined., type: bool, returned: success}
+    active:
+      description: Whether the pool is running.
+      type: bool
+      returned: success
+    autostart:
+      description: Whether it starts with libvirt.
+      type: bool
+      returned: success
+    persistent:
+      description: Whether it is defined.
+      type: bool
+      returned: success
     capacity:
       description: Size in bytes (0 when inactive).
       type: int
       returned: success
       sample: 107374182400
-    allocation: {description: Bytes allocated., type: int, returned: success}
-    available: {description: Bytes free for new volumes., type: int, returned: success}
+    allocation:
+      description: Bytes allocated.
+      type: int
+      returned: success
+    available:
+      description: Bytes free for new volumes.
+      type: int
+      returned: success
     volume_count:
       description: Number of volumes (null when inactive).
       type: int

@@ -20,23 +20,25 @@ description:
   - O(capacity) of an existing volume is grown to the new value. When a running guest uses
     the volume, it is grown with the guest's block resize, so the guest sees the new size
     at once. Shrinking fails unless O(allow_shrink=true).
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: >-
+      Predicts the changes without making any; nothing is downloaded, but an existing
+      volume is still read to verify O(checksum).
     support: full
-    details: >-
-      Nothing is downloaded in check mode; an existing volume is still read to verify
-      O(checksum).
   diff_mode:
+    description: Returns the managed settings before and after.
     support: full
   idempotent:
+    description: >-
+      Imports happen once; when the volume exists and O(checksum) matches its content,
+      nothing is downloaded.
     support: full
-    details: >-
-      Imports happen once; when the volume exists and O(checksum) matches its content, nothing is
-      downloaded.
 options:
   pool:
     description: Name of the storage pool (it must be running).
@@ -208,13 +210,34 @@ volume:
   returned: always
   type: dict
   contains:
-    name: {description: Name., type: str, returned: success}
-    key: {description: libvirt's unique key., type: str, returned: success}
-    path: {description: Path of the volume on the host., type: str, returned: success}
-    type: {description: V(file), V(block), V(network)..., type: str, returned: success}
-    format: {description: Format (V(raw), V(qcow2)...)., type: str, returned: success}
-    capacity: {description: Size the guest sees, in bytes., type: int, returned: success}
-    allocation: {description: Bytes allocated on the host., type: int, returned: success}
+    name:
+      description: Name.
+      type: str
+      returned: success
+    key:
+      description: libvirt's unique key.
+      type: str
+      returned: success
+    path:
+      description: Path of the volume on the host.
+      type: str
+      returned: success
+    type:
+      description: V(file), V(block), V(network)...
+      type: str
+      returned: success
+    format:
+      description: Format (V(raw), V(qcow2)...).
+      type: str
+      returned: success
+    capacity:
+      description: Size the guest sees, in bytes.
+      type: int
+      returned: success
+    allocation:
+      description: Bytes allocated on the host.
+      type: int
+      returned: success
     physical:
       description: Size of the file (or device) on the host in bytes, when libvirt reports it.
       type: int
@@ -223,7 +246,10 @@ volume:
       description: V(path) and V(format) of the backing image, or null.
       type: dict
       returned: success
-    checksum: {description: Checksum of the imported content., type: str, returned: after an import}
+    checksum:
+      description: Checksum of the imported content.
+      type: str
+      returned: after an import
 actions:
   description: What the module did (or would do), in order.
   returned: always

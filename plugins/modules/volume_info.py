@@ -12,17 +12,20 @@ version_added: 0.1.0
 description:
   - Returns one volume or all volumes of a running storage pool with format, capacity,
     allocation and backing image.
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: Changes nothing, so it runs the same in check mode.
     support: full
-    details: The module changes nothing.
   diff_mode:
+    description: Returns no diff.
     support: none
   idempotent:
+    description: Read-only.
     support: full
 options:
   pool:
@@ -71,13 +74,34 @@ volumes:
   type: list
   elements: dict
   contains:
-    name: {description: Name., type: str, returned: success}
-    key: {description: libvirt's unique key., type: str, returned: success}
-    path: {description: Path on the host., type: str, returned: success}
-    type: {description: V(file), V(block), V(network)..., type: str, returned: success}
-    format: {description: Format (V(raw), V(qcow2)...)., type: str, returned: success}
-    capacity: {description: Size the guest sees, in bytes., type: int, returned: success}
-    allocation: {description: Bytes allocated on the host., type: int, returned: success}
+    name:
+      description: Name.
+      type: str
+      returned: success
+    key:
+      description: libvirt's unique key.
+      type: str
+      returned: success
+    path:
+      description: Path on the host.
+      type: str
+      returned: success
+    type:
+      description: V(file), V(block), V(network)...
+      type: str
+      returned: success
+    format:
+      description: Format (V(raw), V(qcow2)...).
+      type: str
+      returned: success
+    capacity:
+      description: Size the guest sees, in bytes.
+      type: int
+      returned: success
+    allocation:
+      description: Bytes allocated on the host.
+      type: int
+      returned: success
     physical:
       description: Size of the file on the host in bytes, when libvirt reports it.
       type: int
