@@ -176,7 +176,7 @@ def is_local_uri(uri: str | None) -> bool:
     if not uri:
         return False
     parts = urlsplit(uri)
-    driver, _, transport = parts.scheme.partition("+")
+    driver, _plus, transport = parts.scheme.partition("+")
     if not driver or driver == "test":
         return False
     return not parts.netloc and transport in ("", "unix")
@@ -389,7 +389,7 @@ def cpu_list(text: str | None) -> list[int]:
         part = raw.strip()
         if not part or part.startswith("^"):
             continue
-        low, _, high = part.partition("-")
+        low, _dash, high = part.partition("-")
         ids.extend(range(int(low), int(high or low) + 1))
     return ids
 

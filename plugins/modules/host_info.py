@@ -20,7 +20,7 @@ description:
     host part, such as V(qemu:///system)) C(/proc/cpuinfo) and C(/dev/kvm) are checked too.
   - Changes nothing.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM
