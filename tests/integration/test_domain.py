@@ -1,0 +1,506 @@
+"""Integration tests of virtops.kvm.domain and domain_info against the real libvirtd.
+
+``integration`` tests define guests but boot none; ``lab`` tests boot the lab's tiny guest,
+created through the domain module itself, and watch its heartbeat on the console log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+URI = "qemu:///system"
+TINY_CMDLINE_FALLBACK = "console=ttyS0"
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def conn():
+    c = libvirt.open(URI)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cleanup(conn, name_prefix, tmp_path):
+    """Removes every guest, pool and file a test made (names start with ``name_prefix``)."""
+    dirs: list[Path] = []
+    yield dirs
+    for dom in conn.listAllDomains(0):
+        if dom.name().startswith(name_prefix):
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
+    for pool in conn.listAllStoragePools(0):
+        if pool.name().startswith(name_prefix):
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def files(name_prefix, cleanup):
+    """A directory QEMU can read, with a raw and a qcow2 disk, an ISO and a kernel stand-in."""
+    base = Path("/var/tmp/virtops-domain-tests") / name_prefix
+    base.mkdir(parents=True)
+    os.chmod(base.parent, 0o755)
+    os.chmod(base, 0o755)
+    cleanup.append(base)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "raw", str(base / "a.img"), "16M"], check=True
+    )
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(base / "b.qcow2"), "16M"], check=True
+    )
+    (base / "install.iso").write_bytes(b"\0" * 4096)
+    (base / "install2.iso").write_bytes(b"\0" * 4096)
+    (base / "vmlinuz").write_bytes(b"\0" * 4096)
+    return base
+
+
+def inactive(conn, name: str) -> str:
+    return conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def exists(conn, name: str) -> bool:
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def task(name: str, args: dict, *, check: bool = False, ignore_errors: bool = False) -> dict:
+    entry = {"name": name, "virtops.kvm.domain": args}
+    if check:
+        entry["check_mode"] = True
+    if ignore_errors:
+        entry["ignore_errors"] = True
+    return entry
+
+
+def four_times(args: dict) -> list[dict]:
+    """check -> apply -> check -> apply of the same arguments."""
+    return [
+        task("check1", args, check=True),
+        task("apply1", args),
+        task("check2", args, check=True),
+        task("apply2", args),
+    ]
+
+
+def assert_converges(run, first_changed: bool = True) -> None:
+    assert run.rc == 0, run.stdout + run.stderr
+    changed = [run.task(n)["changed"] for n in ("check1", "apply1", "check2", "apply2")]
+    assert changed == [first_changed, first_changed, False, False], changed
+
+
+def failed(run, name: str) -> dict:
+    """The result of task ``name``, which must have failed."""
+    [entry] = [e for e in run.results if e["task"] == name]
+    assert entry["status"] == "failed", (name, entry["result"])
+    return entry["result"]
+
+
+def validate_schema(xml: str, tmp_path: Path) -> None:
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    proc = subprocess.run(
+        ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr + xml
+
+
+def rich_spec(name: str, files: Path) -> dict:
+    return {
+        "name": name,
+        "memory": "256MiB",
+        "max_memory": "512MiB",
+        "vcpus": 1,
+        "max_vcpus": 2,
+        "machine": "q35",
+        "cpu": {"mode": "custom", "model": "qemu64", "sockets": 1, "cores": 2, "threads": 1},
+        "boot": ["hd", "cdrom"],
+        "cdrom": str(files / "install.iso"),
+        "disks": [
+            {
+                "path": str(files / "a.img"),
+                "cache": "none",
+                "io": "native",
+                "discard": "unmap",
+                "serial": "disk-a",
+                "iotune": {"total_iops_sec": 500},
+            },
+            {"path": str(files / "b.qcow2"), "bus": "scsi", "readonly": True},
+        ],
+        "interfaces": [{"network": "default"}, {"network": "default", "mtu": 1400}],
+        "graphics": {"type": "vnc", "listen": "127.0.0.1"},
+        "serials": [{"type": "pty"}],
+        "guest_agent": True,
+        "rng": True,
+        "watchdog": {"model": "i6300esb", "action": "reset"},
+        "title": "rich guest",
+        "description": "made by test_domain",
+        "tags": ["web", "test"],
+        "tuning": {
+            "vcpu_pins": [{"vcpu": 0, "cpuset": "0"}, {"vcpu": 1, "cpuset": "1"}],
+            "emulator_pin": "0-1",
+            "iothreads": 1,
+            "cpu_shares": 512,
+            "memory_hard_limit": "1GiB",
+            "blkio_weight": 500,
+        },
+        "xml": "<features><acpi/><apic/><pae/></features>",
+    }
+
+
+# --------------------------------------------------------------------------- no boot
+@pytest.mark.integration
+def test_define_rich_guest_converges(playbook, conn, name_prefix, files, tmp_path):
+    name = f"{name_prefix}-rich"
+    run = playbook(four_times(rich_spec(name, files)), diff=True)
+    assert_converges(run)
+    first = run.task("apply1")
+    assert first["state"] == "shutoff"
+    assert set(first["diff"]["after"]) >= {"memory", "disks", "interfaces", "tuning"}
+    xml = inactive(conn, name)
+    validate_schema(xml, tmp_path)
+    assert "<pae/>" in xml
+    assert xml.count("<interface ") == 2
+    # libvirt generated the MACs; the second run kept them and reported nothing
+    assert run.task("apply2")["changes"] == []
+
+
+@pytest.mark.integration
+def test_check_mode_predicts_and_leaves_xml_identical(playbook, conn, name_prefix, files, tmp_path):
+    name = f"{name_prefix}-chk"
+    spec = rich_spec(name, files)
+    assert playbook([task("create", spec)]).rc == 0
+    before = inactive(conn, name)
+    edited = dict(
+        spec,
+        memory=384,
+        tags=["web"],
+        cdrom=str(files / "install2.iso"),
+        tuning=dict(spec["tuning"], vcpu_pins=[{"vcpu": 0, "cpuset": "1"}]),
+    )
+    run = playbook([task("predict", edited, check=True)], diff=True)
+    assert run.rc == 0, run.stdout
+    predicted = run.task("predict")
+    assert predicted["changed"] is True
+    assert sorted(predicted["changes"]) == ["disks", "memory", "tags", "tuning.vcpu_pins"]
+    assert inactive(conn, name) == before  # byte-identical
+    diff = predicted["diff"]
+    assert (diff["before"]["memory"], diff["after"]["memory"]) == (256, 384)
+    assert diff["before"]["tuning"]["vcpu_pins"] == {"0": "0", "1": "1"}
+    assert diff["after"]["tuning"]["vcpu_pins"] == {"0": "1"}
+    # the real run changes exactly what was predicted, then nothing
+    run = playbook(four_times(edited))
+    assert run.task("check1")["changes"] == predicted["changes"]
+    assert_converges(run)
+    validate_schema(inactive(conn, name), tmp_path)
+
+
+@pytest.mark.integration
+def test_xml_fragment_and_conflict(playbook, conn, name_prefix, files):
+    name = f"{name_prefix}-xml"
+    base = {"name": name, "memory": 128, "disks": [{"path": str(files / "a.img")}]}
+    run = playbook(four_times(dict(base, xml="<clock offset='localtime'/>")))
+    assert_converges(run)
+    assert "offset='localtime'" in inactive(conn, name)
+    before = inactive(conn, name)
+    run = playbook(
+        [
+            task(
+                "conflict",
+                dict(base, xml="<currentMemory unit='KiB'>262144</currentMemory>"),
+                ignore_errors=True,
+            )
+        ]
+    )
+    result = failed(run, "conflict")
+    assert "Conflicting settings for memory" in result["msg"]
+    assert inactive(conn, name) == before
+
+
+BAD_INPUTS = [
+    ("memory: not a size", {"memory": "lots"}, "cannot read 'lots' as a size"),
+    ("memory: zero", {"memory": 0}, "memory must be at least 1 MiB"),
+    ("max below current", {"memory": 512, "max_memory": 256}, "max_memory (256 MiB) is below"),
+    ("vcpus zero", {"vcpus": 0}, "vcpus must be at least 1"),
+    ("max vcpus below", {"vcpus": 4, "max_vcpus": 2}, "max_vcpus (2) is below vcpus (4)"),
+    ("topology", {"vcpus": 3, "cpu": {"sockets": 1, "cores": 2}}, "cpu topology gives 2"),
+    ("unknown network", {"interfaces": [{"network": "nonet-xyz"}]}, "Unknown libvirt network"),
+    ("unknown bridge", {"interfaces": [{"bridge": "nobr-xyz"}]}, "Unknown bridge"),
+    ("not a bridge", {"interfaces": [{"bridge": "lo"}]}, "is not a bridge"),
+    ("unknown pool", {"disks": [{"pool": "nopool-xyz", "volume": "v"}]}, "Unknown storage pool"),
+    ("missing iso", {"cdrom": "/nonexistent/install.iso"}, "install ISO (cdrom) file"),
+    ("missing kernel", {"kernel": "/nonexistent/vmlinuz"}, "kernel file /nonexistent"),
+    (
+        "conflict: secure boot bios",
+        {"firmware": "bios", "secure_boot": True},
+        "secure_boot needs firmware uefi",
+    ),
+    (
+        "conflict: model and mode",
+        {"cpu": {"mode": "host-model", "model": "qemu64"}},
+        "conflicts with cpu.mode",
+    ),
+    (
+        "conflict: two sources",
+        {"interfaces": [{"network": "default", "bridge": "virbr0"}]},
+        "exactly one of network, bridge or dev",
+    ),
+    ("memory beyond host", {"memory": "64TiB"}, "more than the host has"),
+    ("malformed xml", {"xml": "<features><pae></features>"}, "Malformed xml option"),
+    (
+        "pin beyond host",
+        {"tuning": {"vcpu_pins": [{"vcpu": 0, "cpuset": "4096"}]}},
+        "names CPUs the host does not have",
+    ),
+    ("unknown machine", {"machine": "pc-nonsense-1"}, "Unknown machine type"),
+]
+
+
+@pytest.mark.integration
+def test_bad_input_fails_before_anything_changes(playbook, conn, name_prefix, files):
+    existing = f"{name_prefix}-ok"
+    base = {"name": existing, "memory": 128, "disks": [{"path": str(files / "a.img")}]}
+    assert playbook([task("create", base)]).rc == 0
+    before = inactive(conn, existing)
+    tasks = []
+    for i, (label, extra, _) in enumerate(BAD_INPUTS):
+        # on a new guest (must not be created) and on an existing one (must not change)
+        tasks.append(
+            task(
+                f"new {label}",
+                dict({"name": f"{name_prefix}-bad{i}", "memory": 128, "state": "running"}, **extra),
+                ignore_errors=True,
+            )
+        )
+        tasks.append(
+            task(f"existing {label}", dict(base, state="running", **extra), ignore_errors=True)
+        )
+    run = playbook(tasks)
+    for i, (label, _, message) in enumerate(BAD_INPUTS):
+        for which in ("new", "existing"):
+            result = failed(run, f"{which} {label}")
+            assert message in result["msg"], (label, which, result["msg"])
+        assert not exists(conn, f"{name_prefix}-bad{i}"), label
+    assert inactive(conn, existing) == before
+    assert conn.lookupByName(existing).isActive() == 0
+
+
+@pytest.mark.integration
+def test_absent_removes_guest_nvram_and_volumes(playbook, conn, name_prefix, files):
+    pool_name = f"{name_prefix}-pool"
+    pool_dir = files / "pool"
+    pool_dir.mkdir()
+    pool = conn.storagePoolDefineXML(
+        f"<pool type='dir'><name>{pool_name}</name><target><path>{pool_dir}</path></target></pool>"
+    )
+    pool.create()
+    pool.createXML(
+        "<volume><name>root.qcow2</name><capacity unit='MiB'>16</capacity>"
+        "<target><format type='qcow2'/></target></volume>"
+    )
+    name = f"{name_prefix}-gone"
+    spec = {
+        "name": name,
+        "memory": 128,
+        "firmware": "uefi",
+        "disks": [{"pool": pool_name, "volume": "root.qcow2"}],
+        "cdrom": str(files / "install.iso"),
+    }
+    run = playbook([task("create", spec)])
+    assert run.rc == 0, run.stdout
+    assert run.task("create")["changed"]
+    assert "type='volume'" in inactive(conn, name)
+    absent = {"name": name, "state": "absent", "remove_storage": True}
+    run = playbook(four_times(absent))
+    assert_converges(run)
+    assert run.task("apply1")["removed_volumes"] == [str(pool_dir / "root.qcow2")]
+    assert not exists(conn, name)
+    pool.refresh()
+    assert pool.listVolumes() == []
+    assert (files / "install.iso").exists()  # CD-ROMs are never removed
+
+
+@pytest.mark.integration
+def test_domain_info_filters_by_tag_and_state(playbook, conn, name_prefix, files):
+    for suffix, tags in (("a", ["blue", "x"]), ("b", ["red"])):
+        spec = {
+            "name": f"{name_prefix}-{suffix}",
+            "memory": 128,
+            "tags": tags,
+            "interfaces": [{"network": "default"}],
+        }
+        assert playbook([task("create", spec)]).rc == 0
+    run = playbook(
+        [
+            {"name": "tag", "virtops.kvm.domain_info": {"tags": ["blue"]}},
+            {
+                "name": "one",
+                "virtops.kvm.domain_info": {"name": f"{name_prefix}-b", "include_xml": True},
+            },
+            {"name": "state", "virtops.kvm.domain_info": {"states": ["paused"]}},
+            {"name": "none", "virtops.kvm.domain_info": {"name": f"{name_prefix}-nope"}},
+        ]
+    )
+    assert run.rc == 0, run.stdout
+    tagged = [g for g in run.task("tag")["guests"] if g["name"].startswith(name_prefix)]
+    assert [g["name"] for g in tagged] == [f"{name_prefix}-a"]
+    [one] = run.task("one")["guests"]
+    assert one["state"] == "shutoff" and one["config"]["tags"] == ["red"]
+    assert one["interfaces"][0]["mac"].startswith("52:54:00")
+    assert "<domain" in one["xml"]
+    assert all(g["state"] == "paused" for g in run.task("state")["guests"])
+    assert run.task("none")["guests"] == []
+
+
+# --------------------------------------------------------------------------- lab (boots)
+@pytest.fixture(scope="session")
+def tiny_img():
+    from tests.lab.images import build_tiny  # noqa: PLC0415  (builds or reuses the cache)
+
+    return build_tiny()
+
+
+@pytest.fixture
+def tiny(tiny_img, name_prefix, cleanup):
+    """Files of a tiny guest (marker disk, console log, command socket) and its spec."""
+    from tests.lab.guests import TinyGuest, prepare_tiny_files  # noqa: PLC0415
+
+    name = f"{name_prefix}-tiny"
+    gfiles = prepare_tiny_files(name, tiny_img)
+    cleanup.append(gfiles.dir)
+    spec = {
+        "name": name,
+        "state": "running",
+        "virt_type": "auto",
+        "memory": 192,
+        "max_memory": 256,
+        "vcpus": 1,
+        "max_vcpus": 2,
+        "machine": "pc",
+        "kernel": str(tiny_img.kernel),
+        "initrd": str(tiny_img.initrd),
+        "cmdline": tiny_img.cmdline,
+        "disks": [{"path": str(gfiles.marker_disk), "format": "qcow2", "cache": "none"}],
+        "serials": [
+            {"type": "file", "path": str(gfiles.console_log)},
+            {"type": "unix", "path": str(gfiles.command_socket), "port": 1},
+        ],
+        "timeout": 120,
+    }
+    return spec, TinyGuest(name, gfiles)
+
+
+@pytest.mark.lab
+def test_tiny_created_running_then_unchanged(playbook, conn, tiny, tmp_path):
+    spec, guest = tiny
+    run = playbook(four_times(spec))
+    assert_converges(run)
+    assert run.task("apply1")["state"] == "running"
+    assert run.task("apply1")["xml"] is not None
+    validate_schema(inactive(conn, spec["name"]), tmp_path)
+    guest.conn = conn
+    beat = guest.wait_heartbeat(timeout=90)
+    assert guest.wait_heartbeat(after=beat, timeout=30) > beat
+    started = time.monotonic()
+    again = playbook([task("again", spec)])
+    elapsed = time.monotonic() - started
+    assert again.task("again")["changed"] is False
+    print(f"no-change playbook run: {elapsed:.2f} s")
+
+
+@pytest.mark.lab
+def test_tiny_live_memory_and_vcpus(playbook, conn, tiny):
+    spec, guest = tiny
+    assert playbook([task("create", spec)]).rc == 0
+    guest.wait_heartbeat(timeout=90)
+    dom = conn.lookupByName(spec["name"])
+    live = dict(
+        spec, memory=160, vcpus=2, tags=["live"], tuning={"vcpu_pins": [{"vcpu": 0, "cpuset": "1"}]}
+    )
+    run = playbook(four_times(live))
+    assert_converges(run)
+    applied = run.task("apply1")
+    assert sorted(applied["live_applied"]) == ["memory", "tags", "tuning.vcpu_pins", "vcpus"]
+    assert applied["restart_required"] == []
+    assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
+    assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 2
+    assert dom.vcpuPinInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE)[0][:2] == (False, True)
+    assert "live" in dom.metadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        "https://virtops.dev/xmlns/kvm/1.0",
+        libvirt.VIR_DOMAIN_AFFECT_LIVE,
+    )
+    # the balloon target reached the guest's driver
+    deadline = time.monotonic() + 60
+    while dom.info()[2] != 160 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert dom.info()[2] == 160 * 1024
+    assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).count("163840") == 1
+    # the guest kept running the whole time (no reboot: the heartbeat counter went on)
+    before = guest.last_heartbeat()
+    assert guest.wait_heartbeat(after=before, timeout=30) > before
+
+
+@pytest.mark.lab
+def test_tiny_restart_required_then_restart(playbook, conn, tiny):
+    spec, guest = tiny
+    assert playbook([task("create", spec)]).rc == 0
+    guest.wait_heartbeat(timeout=90)
+    first_id = conn.lookupByName(spec["name"]).ID()
+    bigger = dict(spec, max_memory=320)
+    run = playbook(four_times(bigger))
+    assert_converges(run)
+    assert run.task("apply1")["restart_required"] == ["max_memory"]
+    # the running guest still differs: later runs keep saying so, without a change
+    assert run.task("apply2")["restart_required"] == ["max_memory"]
+    assert conn.lookupByName(spec["name"]).maxMemory() == 256 * 1024
+    restart = dict(bigger, restart_if_required=True)
+    run = playbook(four_times(restart))
+    assert_converges(run)
+    assert run.task("check1")["restarted"] is True
+    assert run.task("apply1")["restarted"] is True
+    assert run.task("apply2")["restart_required"] == []
+    assert conn.lookupByName(spec["name"]).maxMemory() == 320 * 1024
+    # a new boot (a new QEMU process), and the guest is alive again
+    assert conn.lookupByName(spec["name"]).ID() != first_id
+    marker = len(guest.console())
+    guest.wait_console(rb"HEARTBEAT 1\r?$", timeout=90)
+    assert len(guest.console()) != marker or guest.last_heartbeat() is not None
+
+
+@pytest.mark.lab
+def test_tiny_shutdown_waits_then_absent(playbook, conn, tiny, tmp_path):
+    spec, guest = tiny
+    assert playbook([task("create", spec)]).rc == 0
+    guest.wait_heartbeat(timeout=90)
+    stop = dict(spec, state="shutdown", timeout=90)
+    started = time.monotonic()
+    run = playbook(four_times(stop))
+    assert_converges(run)
+    result = run.task("apply1")
+    assert result["state"] == "shutoff" and result["forced"] is False
+    print(f"graceful shutdown run: {time.monotonic() - started:.2f} s")
+    assert conn.lookupByName(spec["name"]).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    run = playbook(four_times({"name": spec["name"], "state": "absent"}))
+    assert_converges(run)
+    assert not exists(conn, spec["name"])
+    assert Path(spec["disks"][0]["path"]).exists()  # not a pool volume: left in place
