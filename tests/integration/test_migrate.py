@@ -157,9 +157,17 @@ class HeartbeatWatch:
         self._stop.set()
         self._thread.join()
 
-    def max_gap(self) -> float:
-        times = [self.seen[b] for b in sorted(self.seen)]
-        return max(b - a for a, b in zip(times, times[1:]))
+    def gaps(self, since: float = 0.0) -> list[tuple[int, float]]:
+        """(heartbeat, seconds since the one before) for heartbeats seen after ``since``."""
+        beats = sorted(self.seen)
+        return [
+            (b, self.seen[b] - self.seen[a])
+            for a, b in zip(beats, beats[1:])
+            if self.seen[b] >= since
+        ]
+
+    def max_gap(self, since: float = 0.0) -> float:
+        return max(gap for _, gap in self.gaps(since))
 
 
 def migrate_task(**args):
@@ -178,8 +186,12 @@ def test_live_migration_keeps_the_heartbeat(hosts, guests, playbook):
 
     with HeartbeatWatch(guest) as watch:
         before = guest.wait_heartbeat(timeout=30)
+        time.sleep(5)  # a baseline: how regular heartbeats are on this machine, unmigrated
+        baseline = watch.max_gap()
+        began = time.monotonic()
         run = playbook([task])
         after = guest.wait_heartbeat(after=guest.last_heartbeat(), timeout=30)
+        time.sleep(3)
     assert run.rc == 0, run.stdout
     res = run.task("migrate")
     assert res["changed"] is True and res["location"] == dst.uri and res["state"] == "running"
@@ -190,10 +202,12 @@ def test_live_migration_keeps_the_heartbeat(hosts, guests, playbook):
     beats = sorted(watch.seen)
     assert beats == list(range(beats[0], beats[-1] + 1)), "a heartbeat is missing"
     assert beats[-1] > before and after > before
-    # Heartbeats come every second; the pause adds at most the downtime (+ polling slack).
-    allowed = 1.0 + stats["downtime_ms"] / 1000 + 0.5
-    assert watch.max_gap() <= allowed, (watch.max_gap(), stats)
-    print(f"live: {json.dumps(stats)} max heartbeat gap {watch.max_gap():.3f} s")
+    # Heartbeats come every second (a TCG guest on a busy machine jitters: the baseline);
+    # the migration may add at most the downtime it reports.
+    gap = watch.max_gap(since=began)
+    allowed = max(baseline, 1.0) + stats["downtime_ms"] / 1000 + 0.25
+    print(f"live: {json.dumps(stats)} baseline gap {baseline:.3f} s, max gap {gap:.3f} s")
+    assert gap <= allowed, (gap, baseline, stats, watch.gaps(began))
 
     for again in (playbook([task], check=True), playbook([task])):
         assert again.rc == 0 and again.task("migrate")["changed"] is False
@@ -230,7 +244,8 @@ def test_storage_copy_without_shared_storage(hosts, guests, playbook, name_prefi
         assert run.rc == 0, run.stdout
         res = run.task("migrate")
         assert res["changed"] and res["volumes_created"] == [vol.path()]
-        assert res["stats"]["disk_transferred_bytes"] > 0
+        # libvirt copies the disks with an NBD block mirror before the memory: the completed
+        # job's disk_* figures stay 0, so the marker below is the proof of the copy.
         guest.conn = dst.conn()
         assert guest.read_marker("m") == name_prefix
         print(f"storage copy: {json.dumps(res['stats'])}")
