@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -83,10 +84,12 @@ class Guests:
     def __init__(self, hosts, image, prefix):
         self.hosts, self.image, self.prefix = hosts, image, prefix
         self.names: list[str] = []
+        self.dirs: list[Path] = []
 
     def start(self, host, suffix, *, memory_mib=128, files=None, run=True) -> TinyGuest:
         name = f"{self.prefix}-{suffix}"
         files = files or prepare_tiny_files(name, self.image)
+        self.dirs.append(files.dir)
         conn = host.conn()
         self.names.append(name)
         dom = conn.defineXML(tiny_domain_xml(name, self.image, files, memory_mib=memory_mib))
@@ -111,6 +114,8 @@ class Guests:
                     dom.destroy()
                 if dom.isPersistent():
                     dom.undefine()
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
