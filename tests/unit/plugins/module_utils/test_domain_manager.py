@@ -1,0 +1,130 @@
+"""The reconciler on libvirt's test driver, with the connection injected."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.virtops.kvm.plugins.module_utils._client import COMMON_ARGUMENT_SPEC
+from ansible_collections.virtops.kvm.plugins.module_utils._domain import DomainManager
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import DomainInfo
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmValidationError
+from ansible_collections.virtops.kvm.plugins.modules.domain import ARGUMENT_SPEC
+
+
+class FakeKvm:
+    """What DomainManager uses of KvmModule, with a shared test:///default connection."""
+
+    def __init__(self, conn, params, *, check_mode=False, diff_mode=True):
+        spec = dict(COMMON_ARGUMENT_SPEC, **ARGUMENT_SPEC)
+        params = dict({"uri": "test:///default", "memory_guard": False}, **params)
+        result = ArgumentSpecValidator(spec).validate(params)
+        assert not result.error_messages, result.error_messages
+        self.params = result.validated_parameters
+        self.conn = conn
+        self.check_mode = check_mode
+        self.diff_mode = diff_mode
+        self.warnings = []
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+
+@pytest.fixture
+def conn():
+    c = libvirt.open("test:///default")
+    yield c
+    c.close()
+
+
+def run(conn, **params):
+    check = params.pop("_check", False)
+    return DomainManager(FakeKvm(conn, params, check_mode=check)).run()
+
+
+BASE = {
+    "name": "g1",
+    "virt_type": "qemu",
+    "memory": 256,
+    "vcpus": 2,
+    "interfaces": [{"network": "default"}],
+    "tags": ["a"],
+}
+
+
+def test_create_check_apply_check_apply(conn):
+    assert run(conn, _check=True, **BASE)["changed"] is True
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("g1")  # check mode created nothing
+    first = run(conn, **BASE)
+    assert first["changed"] is True and first["state"] == "shutoff"
+    assert run(conn, _check=True, **BASE)["changed"] is False
+    second = run(conn, **BASE)
+    assert second["changed"] is False
+    assert second["diff"]["before"] == second["diff"]["after"]
+
+
+def test_check_mode_leaves_xml_identical_and_predicts(conn):
+    run(conn, **BASE)
+    dom = conn.lookupByName("g1")
+    before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    edited = dict(BASE, memory=384, tags=["a", "b"], state="running")
+    predicted = run(conn, _check=True, **edited)
+    assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+    # 384 MiB is above the maximum of 256 MiB: the maximum follows
+    assert predicted["changes"] == ["tags", "max_memory", "memory"]
+    assert predicted["state"] == "running" and dom.isActive() == 0
+    applied = run(conn, **edited)
+    assert applied["changes"] == predicted["changes"]
+    assert applied["state"] == "running"
+    assert run(conn, **edited)["changed"] is False
+
+
+def test_running_guest_live_and_restart_fields(conn):
+    run(conn, **dict(BASE, state="running"))
+    result = run(conn, **dict(BASE, state="running", memory=128, max_memory=512, title="t"))
+    assert "max_memory" in result["restart_required"]
+    assert "title" in result["live_applied"]
+
+
+def test_validation_before_change(conn):
+    run(conn, **BASE)
+    before = conn.lookupByName("g1").XMLDesc(0)
+    with pytest.raises(KvmValidationError, match="Unknown libvirt network"):
+        run(conn, **dict(BASE, interfaces=[{"network": "nope"}]))
+    with pytest.raises(KvmValidationError, match="is below memory"):
+        run(conn, **dict(BASE, max_memory=128))
+    assert conn.lookupByName("g1").XMLDesc(0) == before
+
+
+def test_memory_required_to_create(conn):
+    with pytest.raises(KvmValidationError, match="memory is required"):
+        run(conn, name="g2", virt_type="qemu")
+
+
+def test_absent(conn):
+    run(conn, **dict(BASE, state="running"))
+    assert run(conn, name="g1", state="absent", _check=True)["changed"] is True
+    assert conn.lookupByName("g1")
+    assert run(conn, name="g1", state="absent")["changed"] is True
+    assert run(conn, name="g1", state="absent")["changed"] is False
+
+
+def test_shutdown_and_states(conn):
+    run(conn, **dict(BASE, state="running"))
+    assert run(conn, name="g1", state="paused")["state"] == "paused"
+    result = run(conn, name="g1", state="shutdown")
+    assert result["state"] == "shutoff" and result["changed"]
+    assert run(conn, name="g1", state="shutdown")["changed"] is False
+
+
+def test_info_by_tag(conn):
+    run(conn, **BASE)
+    run(conn, **dict(BASE, name="g2", tags=["b"]))
+    info = DomainInfo(conn)
+    assert [g["name"] for g in info.collect(tags=["a"])] == ["g1"]
+    assert [g["name"] for g in info.collect(states=["running"])] == ["test"]
+    [g1] = info.collect(name="g1")
+    assert g1["config"]["memory"] == 256 and g1["interfaces"][0]["mac"]
+    assert info.collect(name="missing") == []
