@@ -148,6 +148,8 @@ class SnapshotManager:
         existing = self.snaps.get(name)
         if existing is None:
             plan = self._plan_create()
+            if self.p["retain"] is not None:
+                self._retention(validate_only=True)  # refuse before taking the new one
             self.diff.add("snapshot", None, name)
             if not self.module.check_mode:
                 self._create(plan)
@@ -339,7 +341,7 @@ class SnapshotManager:
 
     # ---------------------------------------------------------------------------------
     # retention
-    def _retention(self) -> None:
+    def _retention(self, *, validate_only: bool = False) -> None:
         prefix, keep = self.p["retain"]["prefix"], self.p["retain"]["keep"]
         matching = [s for s in ordered(self.snaps) if s.name.startswith(prefix)]
         names = [s.name for s in matching]
@@ -358,6 +360,8 @@ class SnapshotManager:
         for victim in doomed:
             if victim in self.snaps:
                 self._plan_delete(self.snaps[victim])
+        if validate_only:
+            return
         self.diff.add("retention.deleted", [], doomed)
         self.result["changed"] = True
         if self.module.check_mode:

@@ -33,19 +33,23 @@ description:
   - The module keeps a guest's snapshots of one kind; it refuses to add an internal snapshot
     to a guest with external ones and the reverse, because libvirt can neither delete nor
     revert such a mix.
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: Can run in check mode and returns what would be done.
     support: full
     details: Every check is made and the result says what would be done; nothing changes.
   diff_mode:
+    description: Will return details on what has changed (or would change in check mode).
     support: full
     details: The diff shows the snapshot, its description, the current snapshot and the
       guest's power state around a revert, and the snapshots retention would delete.
   idempotent:
+    description: A second run with the same arguments reports no change.
     support: full
     details:
       - O(state=present) and O(state=absent) compare by name.

@@ -13,17 +13,21 @@ description:
   - Returns every snapshot of a guest (or one, with O(name)) with its parent, children,
     whether it is current, creation time, the guest's state when it was taken, its disks,
     and its kind (internal or external, with or without memory).
-author: virtops.kvm contributors
+author:
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
+    description: Can run in check mode.
     support: full
     details: The module changes nothing.
   diff_mode:
+    description: Returns no diff.
     support: none
   idempotent:
+    description: Changes nothing.
     support: full
 options:
   domain:

@@ -82,8 +82,8 @@ def tiny(conn, tiny_img, name_prefix):
         guest = TinyGuest(name, files, conn)
         if start:
             dom.create()
-            guest.wait_console("TINY READY", timeout=120)
-            guest.wait_console("TINY CMD READY|HEARTBEAT", timeout=60)
+            guest.wait_console("TINY READY", timeout=420)
+            guest.wait_console("TINY CMD READY|HEARTBEAT", timeout=120)
         return guest
 
     yield _make
@@ -103,8 +103,19 @@ def disk_source(dom, target: str = "vda") -> str:
     raise AssertionError(f"no disk {target}")
 
 
+def boot_again(guest: TinyGuest, timeout: float = 420) -> None:
+    """Start a stopped guest and wait for its command shell in the new part of the log."""
+    offset = len(guest.console())
+    guest.dom.create()
+    deadline = time.monotonic() + timeout
+    while b"TINY CMD READY" not in guest.console()[offset:]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{guest.name} did not boot again in {timeout:g} s")
+        time.sleep(0.2)
+
+
 def has_marker(guest: TinyGuest, name: str) -> bool:
-    status, _ = guest.run(f"test -f /mnt/marker/{name}")
+    status, _output = guest.run(f"test -f /mnt/marker/{name}")
     return status == 0
 
 
@@ -200,8 +211,7 @@ def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tm
     assert res[3]["snapshot"]["current"] is True
     print(f"internal snapshot (stopped) 4 runs: {time.monotonic() - t0:.1f}s")
 
-    guest.dom.create()
-    guest.wait_console("TINY CMD READY", timeout=120)
+    boot_again(guest)
     guest.write_marker("B", "beta")
     assert has_marker(guest, "B")
 
@@ -215,8 +225,7 @@ def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tm
     assert not guest.dom.isActive()  # a disk-only snapshot: the revert leaves it shut off
 
     # Started again, the image changes: a revert is due again.
-    guest.dom.create()
-    guest.wait_console("TINY CMD READY", timeout=120)
+    boot_again(guest)
     assert has_marker(guest, "A") and guest.read_marker("A").strip() == "alpha"
     assert not has_marker(guest, "B")
 
@@ -338,8 +347,7 @@ def test_external_snapshot_of_raw_disk_revert_and_bad_input(tiny, playbook, tmp_
     assert not dom.isActive() and disk_source(dom) == overlay
     assert backing_file(overlay) == base
 
-    dom.create()
-    guest.wait_console("TINY CMD READY", timeout=120)
+    boot_again(guest)
     assert guest.read_marker("A").strip() == "alpha"
     assert not has_marker(guest, "B")
     guest.write_marker("C", "gamma")

@@ -79,7 +79,7 @@ def names(dom):
 
 
 def test_present_absent_check_apply_check_apply(module_runner, guest):
-    dom, _ = guest()
+    dom, _path = guest()
     args = {"domain": dom.name(), "name": "s1", "description": "first"}
     res = run(module_runner, args, check_mode=True, diff=True)
     assert res["changed"] and names(dom) == []
@@ -105,9 +105,9 @@ def test_present_absent_check_apply_check_apply(module_runner, guest):
 
 
 def test_bad_input_fails_before_anything_changes(module_runner, guest):
-    dom, _ = guest()
-    raw, _ = guest(fmt="raw")
-    running_raw, _ = guest(fmt="raw", running=True)
+    dom, _path = guest()
+    raw, _path = guest(fmt="raw")
+    running_raw, _path = guest(fmt="raw", running=True)
     cases = [
         ({"domain": "ut-snap-missing", "name": "s"}, "Guest 'ut-snap-missing' does not exist"),
         ({"domain": dom.name(), "name": "a/b"}, "Invalid snapshot name"),
@@ -145,7 +145,7 @@ def test_bad_input_fails_before_anything_changes(module_runner, guest):
 
 
 def test_kinds_are_not_mixed(module_runner, guest, conn):
-    dom, _ = guest()
+    dom, _path = guest()
     assert run(module_runner, {"domain": dom.name(), "name": "i1"})["changed"]
     res = run(module_runner, {"domain": dom.name(), "name": "e1", "kind": "external"})
     assert res.get("failed") and "has internal snapshots" in res["msg"]
@@ -153,7 +153,7 @@ def test_kinds_are_not_mixed(module_runner, guest, conn):
 
 
 def test_retention_deletes_oldest_beyond_keep(module_runner, guest):
-    dom, _ = guest()
+    dom, _path = guest()
     retain = {"prefix": "nightly-", "keep": 2}
     for i in range(1, 4):
         res = run(module_runner, {"domain": dom.name(), "name": f"nightly-{i}", "retain": retain})
@@ -213,7 +213,7 @@ def test_revert_of_stopped_guest_is_judged_by_image_files(module_runner, guest):
 
 
 def test_memory_snapshot_of_a_running_guest_reverts_each_time(module_runner, guest):
-    dom, _ = guest(running=True)
+    dom, _path = guest(running=True)
     res = run(module_runner, {"domain": dom.name(), "name": "m1"})
     assert res["created"]["memory"] is True and res["snapshot"]["state"] == "running"
     res = run(module_runner, {"domain": dom.name(), "name": "m1", "state": "reverted"})
@@ -227,7 +227,7 @@ def test_memory_snapshot_of_a_running_guest_reverts_each_time(module_runner, gue
 
 
 def test_snapshot_info_tree(module_runner, guest):
-    dom, _ = guest()
+    dom, _path = guest()
     for name in ("a", "b"):
         run(module_runner, {"domain": dom.name(), "name": name})
     run(module_runner, {"domain": dom.name(), "name": "a", "state": "reverted"})
