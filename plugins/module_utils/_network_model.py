@@ -188,7 +188,7 @@ def norm_mac(value: Any, what: str) -> str:
     mac = str(value).strip().lower().replace("-", ":")
     if not _MAC_RE.match(mac):
         raise KvmValidationError(f"{what}: {value!r} is not a valid MAC address")
-    if int(mac.split(":")[0], 16) & 1:
+    if int(mac[:2], 16) & 1:
         raise KvmValidationError(f"{what}: {value!r} is a multicast MAC address")
     return mac
 

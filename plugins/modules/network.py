@@ -22,14 +22,14 @@ description:
   - Only the managed settings are compared. What libvirt generates (uuid, the bridge name
     and MAC address when O(bridge) is not set, NAT port ranges) is kept and never reported
     as a change.
-  - All input is validated before anything changes: addresses and prefixes, DHCP ranges
+  - All input is validated before anything changes (addresses and prefixes, DHCP ranges
     inside their subnet and clear of the host address and of each other, static hosts
     inside their subnet and unique, the host bridge for O(mode=bridge) and O(forward_dev)
     exist, and no other network (or, for a local URI, no host route) uses the subnet or
-    bridge. For a remote URI interfaces are checked through libvirt's interface API and
+    bridge). For a remote URI interfaces are checked through libvirt's interface API and
     the host's routes cannot be read; the module warns about what it could not check.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM

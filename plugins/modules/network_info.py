@@ -15,7 +15,7 @@ description:
     running guests attached to them.
   - Opens a read-only connection and changes nothing.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM
