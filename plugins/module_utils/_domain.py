@@ -137,6 +137,7 @@ class DomainManager:
         run_state = "shutoff" if creating else current
         transition = plan(run_state, self.params["state"])
         starting = any(s in ("start", "start_paused") for s in transition.steps)
+        host.check_networks_active(wish, actual_root, starting)
         if self.params["memory_guard"]:
             max_memory = FIELDS_BY_NAME["max_memory"].read(new_root)
             host.check_memory(max_memory, starting=starting)
@@ -154,12 +155,15 @@ class DomainManager:
         live_applied: list[str] = []
         restarted = forced = False
         changed_now = [n for n in changed_fields if n not in ("state",)]
-        if stays_up and not creating:
-            restart_required = [n for n in changed_now if n not in LIVE_FIELDS]
-            if not changed_now:
-                restart_required = pending_restart(
-                    _xml.parse(live_xml(dom), "live domain XML"), actual_root
-                )
+        already_pending: list[str] = []
+        if stays_up:
+            # changes written earlier that the running guest has not got yet
+            already_pending = pending_restart(
+                _xml.parse(live_xml(dom), "live domain XML"), actual_root
+            )
+            restart_required = sorted(
+                set(already_pending) | {n for n in changed_now if n not in LIVE_FIELDS}
+            )
 
         if self.check_mode:
             will_restart = bool(restart_required) and self.params["restart_if_required"]
@@ -192,7 +196,9 @@ class DomainManager:
                 )
                 live_applied = outcome.applied
                 restart_required = sorted(
-                    set(outcome.pending) | {n for n in changed_now if n not in LIVE_FIELDS}
+                    set(outcome.pending)
+                    | set(already_pending)
+                    | {n for n in changed_now if n not in LIVE_FIELDS}
                 )
                 self.warnings += outcome.warnings
             lifecycle = self._lifecycle(dom)

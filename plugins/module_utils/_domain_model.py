@@ -346,7 +346,7 @@ class Serial:
                 attrs = {"mode": self.mode or "bind", "path": self.path}
             _xml.sub(elem, "source", **attrs)
         elif self.type == "tcp":
-            host, _, service = (self.path or "").rpartition(":")
+            host, _sep, service = (self.path or "").rpartition(":")
             _xml.sub(elem, "source", mode=self.mode or "bind", host=host, service=service)
             _xml.sub(elem, "protocol", type="raw")
         _xml.sub(elem, "target", port=self.port)

@@ -561,6 +561,27 @@ class HostChecks:
                 raise KvmValidationError(f"Unknown libvirt network {name!r}") from exc
             raise from_libvirt(exc, f"look up network {name}") from exc
 
+    def check_networks_active(self, wish: Wish, actual_root, starting: bool) -> None:
+        """A guest cannot start with a NIC on a stopped network: say so before changing."""
+        if not starting:
+            return
+        nics = wish.fields.get("interfaces")
+        if nics is None and actual_root is not None:
+            from ._domain_model import read_interfaces  # noqa: PLC0415
+
+            nics = read_interfaces(actual_root)
+        for nic in nics or []:
+            if nic.type != "network" or not nic.source:
+                continue
+            try:
+                active = self.conn.networkLookupByName(nic.source).isActive()
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"look up network {nic.source}") from exc
+            if not active:
+                raise KvmValidationError(
+                    f"Libvirt network {nic.source!r} is not active; the guest cannot start on it"
+                )
+
     def pool(self, name: str):
         try:
             return self.conn.storagePoolLookupByName(name)

@@ -27,7 +27,7 @@ description:
     networks, pools, volumes, bridges and files exist, memory against the host); a new guest
     that fails to start is removed again.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM

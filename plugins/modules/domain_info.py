@@ -18,7 +18,7 @@ description:
     for running guests with a connected guest agent channel, from the guest agent. An agent
     error is reported on that guest in RV(guests[].errors) and does not fail the listing.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM
