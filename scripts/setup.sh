@@ -23,6 +23,8 @@ DEB_PACKAGES=(
     ca-certificates git rsync
     # storage tests: logical (LVM) pools on loop devices
     lvm2
+    # role host molecule scenarios: package cache for the guests
+    apt-cacher-ng
 )
 
 log() { printf '\n==> %s\n' "$*"; }

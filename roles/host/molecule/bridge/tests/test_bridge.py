@@ -1,0 +1,56 @@
+"""Verify the `bridge` scenario: br0 on eth1 holds the address eth1 had (ifupdown)."""
+
+from __future__ import annotations
+
+import json
+
+ROOT_URI = "qemu:///system"
+
+
+def addresses(host, dev: str) -> list[str]:
+    data = json.loads(host.check_output(f"ip -j -4 addr show dev {dev}"))
+    return [f"{a['local']}/{a['prefixlen']}" for link in data for a in link["addr_info"]]
+
+
+def test_bridge_has_the_address(host):
+    assert addresses(host, "br0") == ["198.19.252.10/24"]
+    link = json.loads(host.check_output("ip -j -d link show br0"))[0]
+    assert link["linkinfo"]["info_kind"] == "bridge"
+    assert link["operstate"] == "UP"
+
+
+def test_nic_is_a_port_without_address(host):
+    link = json.loads(host.check_output("ip -j link show eth1"))[0]
+    assert link["master"] == "br0"
+    assert addresses(host, "eth1") == []
+
+
+def test_bridge_forwards(host):
+    """The isolated network's gateway (the lab host) answers through br0 and eth1."""
+    host.run_expect([0], "ping -c 2 -W 3 -I br0 198.19.252.1")
+
+
+def test_ssh_nic_untouched(host):
+    assert addresses(host, "eth0") == ["198.19.251.10/24"]
+
+
+def test_ifupdown_configuration(host):
+    conf = host.file("/etc/network/interfaces.d/virtops-kvm-br0").content_string
+    assert "iface br0 inet static" in conf
+    assert "address 198.19.252.10/24" in conf
+    assert "bridge_ports eth1" in conf
+    cloud = host.file("/etc/network/interfaces.d/50-cloud-init").content_string
+    assert "iface eth1 inet static" not in cloud
+    assert "eth1 is a port of br0" in cloud
+    # ifupdown parses the whole configuration and knows br0 as configured.
+    host.run_expect([0], "ifquery br0")
+
+
+def test_rollback_script_confirmed(host):
+    assert host.file("/run/virtops-kvm/bridge-br0.state").content_string.strip() == "confirmed"
+
+
+def test_libvirt_bridge_network(host):
+    xml = host.check_output(f"virsh -c {ROOT_URI} net-dumpxml lan")
+    assert "<bridge name='br0'/>" in xml
+    assert host.service("libvirtd.service").is_running
