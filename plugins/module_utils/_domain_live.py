@@ -30,13 +30,13 @@ from ._domain_model import (
     Interface,
     parse_cpuset,
     read_disks,
-    tags_element,
 )
 
 try:
     import libvirt
+    from lxml import etree
 except ImportError:  # reported by the module wrapper
-    libvirt = None
+    libvirt = etree = None
 
 LIVE_FIELDS = (
     "title",
@@ -114,7 +114,12 @@ class LiveUpdater:
         return True
 
     def _tags(self, value, *_):
-        text = _xml.to_string(tags_element(value), pretty=False) if value else None
+        text = None
+        if value:  # libvirt puts the element and its children into our namespace itself
+            elem = etree.Element("tags")
+            for tag in sorted(set(value)):
+                etree.SubElement(elem, "tag").text = tag
+            text = _xml.to_string(elem, pretty=False)
         self.dom.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, NS_PREFIX, NS_VIRTOPS, self.live
         )

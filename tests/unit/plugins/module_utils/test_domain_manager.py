@@ -83,9 +83,21 @@ def test_check_mode_leaves_xml_identical_and_predicts(conn):
 
 def test_running_guest_live_and_restart_fields(conn):
     run(conn, **dict(BASE, state="running"))
-    result = run(conn, **dict(BASE, state="running", memory=128, max_memory=512, title="t"))
-    assert "max_memory" in result["restart_required"]
-    assert "title" in result["live_applied"]
+    result = run(
+        conn, **dict(BASE, state="running", memory=128, max_memory=512, title="t", tags=["x"])
+    )
+    assert result["restart_required"] == ["max_memory"]
+    assert {"title", "tags"} <= set(result["live_applied"])
+    dom = conn.lookupByName("g1")
+    live_tags = dom.metadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        "https://virtops.dev/xmlns/kvm/1.0",
+        libvirt.VIR_DOMAIN_AFFECT_LIVE,
+    )
+    assert ">x</" in live_tags
+    assert (
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None, libvirt.VIR_DOMAIN_AFFECT_LIVE) == "t"
+    )
 
 
 def test_validation_before_change(conn):
