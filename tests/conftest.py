@@ -9,6 +9,8 @@ Several libvirt hosts on this machine (tests/lab/hosts.py): ``lab_hosts`` (2 hos
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import guests as lab_guests
+from tests.lab import hosts as lab_hosts_mod
 from tests.lab import images as lab_images
 from tests.lab.machine import ensure_kvm_device_access
 
@@ -181,6 +184,9 @@ def tiny_guest(libvirt_conn, tiny_image) -> Iterator:
     for guest, conn in made:
         _remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
+        sock = guest.files.command_socket
+        for path in [sock, *lab_hosts_mod.hosts_dir().glob(f"h*/vtrun/{sock.name}")]:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -234,3 +240,45 @@ def debian_guest(libvirt_conn, debian_image, ssh_keypair) -> Iterator:
     for guest, conn in made:
         _remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lab_hosts_factory():
+    """Factory: ``lab_hosts_factory(n=2)`` starts ``n`` namespaced libvirt hosts (once per
+    session; asking for more hosts restarts the lab with more) and returns a
+    ``tests.lab.hosts.Lab``: ``.hosts[i].uri`` (``qemu+tcp://198.18.0.1N/system``),
+    ``.migrate_uri``, ``.connect()``, ``.name`` (``vtlab-hN``, also its hostname).
+    Everything it started is stopped at the end of the session.
+    """
+    state: dict[str, object] = {}
+    stack = contextlib.ExitStack()
+
+    def make(count: int = 2):
+        lab = state.get("lab")
+        if lab is not None and len(lab.hosts) >= count:
+            return lab
+        if not state:
+            running = lab_hosts_mod.Lab.load()
+            if running is not None and running.owner == "cli" and lab_hosts_mod.is_running(running):
+                pytest.fail(
+                    "lab hosts started by `python -m tests.lab.hosts up` are running; "
+                    "stop them with `python -m tests.lab.hosts down` first"
+                )
+            stack.enter_context(lab_hosts_mod.lab_lock())
+        if lab is not None:
+            lab_hosts_mod.down(lab)
+        state["lab"] = lab_hosts_mod.up(count, owner=f"pytest:{os.getpid()}")
+        return state["lab"]
+
+    yield make
+    try:
+        if state.get("lab") is not None:
+            lab_hosts_mod.down(state["lab"])
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
+def lab_hosts(lab_hosts_factory):
+    """Two namespaced libvirt hosts (see ``lab_hosts_factory``)."""
+    return lab_hosts_factory(2)

@@ -9,7 +9,10 @@ through a module's options):
 - optional virtio NIC on a libvirt network.
 
 Files of a guest live in ``$VIRTOPS_LAB_DIR/guests/<name>/`` (default /var/tmp/virtops-lab),
-a directory QEMU (libvirt-qemu) can reach and every lab host sees.
+a directory QEMU (libvirt-qemu) can reach and every lab host sees. The command socket is the
+exception: ``/run/virtops-lab/<name>.cmd.sock`` is private to each lab host (see hosts.py), so
+that after a migration the source's cleanup does not unlink the destination's socket.
+``TinyGuest.command_socket`` finds it from the root namespace for the host in ``guest.conn``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from .hosts import COMMAND_SOCKET_DIR, path_on_host
 from .images import DebianImage, TinyImage, lab_dir
 
 if TYPE_CHECKING:
@@ -163,7 +167,9 @@ def prepare_tiny_files(
         else:
             shutil.copyfile(image.marker_template, disk)
         disk.chmod(0o644)
-    return TinyGuestFiles(gdir, gdir / "console.log", gdir / "cmd.sock", disk)
+    COMMAND_SOCKET_DIR.mkdir(mode=0o755, exist_ok=True)
+    sock = COMMAND_SOCKET_DIR / f"{name}.cmd.sock"
+    return TinyGuestFiles(gdir, gdir / "console.log", sock, disk)
 
 
 def tiny_domain_xml(
@@ -219,6 +225,12 @@ class TinyGuest:
         if self.conn is None:
             raise RuntimeError("TinyGuest has no libvirt connection")
         return self.conn.lookupByName(self.name)
+
+    @property
+    def command_socket(self) -> Path:
+        """The command socket as seen from here, for the host the guest runs on."""
+        uri = self.conn.getURI() if self.conn is not None else None
+        return path_on_host(uri, self.files.command_socket)
 
     # console --------------------------------------------------------------------------
     def console(self) -> bytes:
@@ -290,7 +302,7 @@ class TinyGuest:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             while True:  # the socket appears once QEMU runs
                 try:
-                    sock.connect(str(self.files.command_socket))
+                    sock.connect(str(self.command_socket))
                     break
                 except (FileNotFoundError, ConnectionRefusedError):
                     if time.monotonic() > deadline:
