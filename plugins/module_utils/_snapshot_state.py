@@ -24,8 +24,9 @@ A later ``state: reverted`` is judged *unchanged* (no change) only when all of t
    creation time, so a re-created snapshot of the same name does not match);
 2. the guest is in the power state the revert would leave it in;
 3. running/paused guest: it is the recorded QEMU process, no disk of the snapshot got a
-   write request since, and for a memory snapshot the vCPU time did not move (the guest was
-   paused all along: a guest that ran has a different memory state);
+   write request since, and for a memory snapshot the time its vCPU threads ran
+   (``virDomainGetVcpus``) did not move (the guest was paused all along: a guest that ran
+   has a different memory state);
    shut-off guest: it was shut off when recorded, uses the same image files, and no image
    file changed size or modification time.
 
@@ -138,6 +139,19 @@ def _targets(snap: SnapshotModel) -> list[str]:
     return [d.name for d in snap.disks if d.snapshot != "no"]
 
 
+def vcpu_time(dom) -> int | None:
+    """Nanoseconds the guest's vCPU threads have run: constant while it is paused.
+
+    Not ``virDomainGetInfo``'s cpuTime, which is the whole QEMU process and keeps growing
+    while the guest is paused (QEMU's main loop and I/O threads run on).
+    """
+    try:
+        infos = dom.vcpus()[0]
+    except libvirt.libvirtError:
+        return None  # unknown: the judgement then says "changed"
+    return sum(int(info[2]) for info in infos)
+
+
 def measure(dom, snap: SnapshotModel, *, live: bool, local: bool) -> Point:
     """The guest's point now, for the disks of ``snap``."""
     power = power_state(dom)
@@ -146,10 +160,7 @@ def measure(dom, snap: SnapshotModel, *, live: bool, local: bool) -> Point:
     sources = {d.target: d.source for d in parse_disks(xml)}
     point = Point(snap.name, snap.creation_time, live, power)
     if active and live:
-        try:
-            point.cpu_time = int(dom.info()[4])
-        except libvirt.libvirtError as exc:
-            raise from_libvirt(exc, f"read the vCPU time of guest {dom.name()}") from exc
+        point.cpu_time = vcpu_time(dom)
     for target in _targets(snap):
         dp = DiskPoint(target, file=sources.get(target))
         if active and live:
