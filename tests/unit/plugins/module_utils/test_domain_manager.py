@@ -69,7 +69,7 @@ def test_check_mode_leaves_xml_identical_and_predicts(conn):
     run(conn, **BASE)
     dom = conn.lookupByName("g1")
     before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    edited = dict(BASE, memory=384, tags=["a", "b"], state="running")
+    edited = {**BASE, "memory": 384, "tags": ["a", "b"], "state": "running"}
     predicted = run(conn, _check=True, **edited)
     assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
     # 384 MiB is above the maximum of 256 MiB: the maximum follows
@@ -82,9 +82,17 @@ def test_check_mode_leaves_xml_identical_and_predicts(conn):
 
 
 def test_running_guest_live_and_restart_fields(conn):
-    run(conn, **dict(BASE, state="running"))
+    run(conn, **{**BASE, "state": "running"})
     result = run(
-        conn, **dict(BASE, state="running", memory=128, max_memory=512, title="t", tags=["x"])
+        conn,
+        **{
+            **BASE,
+            "state": "running",
+            "memory": 128,
+            "max_memory": 512,
+            "title": "t",
+            "tags": ["x"],
+        },
     )
     assert result["restart_required"] == ["max_memory"]
     assert {"title", "tags"} <= set(result["live_applied"])
@@ -104,9 +112,9 @@ def test_validation_before_change(conn):
     run(conn, **BASE)
     before = conn.lookupByName("g1").XMLDesc(0)
     with pytest.raises(KvmValidationError, match="Unknown libvirt network"):
-        run(conn, **dict(BASE, interfaces=[{"network": "nope"}]))
+        run(conn, **{**BASE, "interfaces": [{"network": "nope"}]})
     with pytest.raises(KvmValidationError, match="is below memory"):
-        run(conn, **dict(BASE, max_memory=128))
+        run(conn, **{**BASE, "max_memory": 128})
     assert conn.lookupByName("g1").XMLDesc(0) == before
 
 
@@ -116,7 +124,7 @@ def test_memory_required_to_create(conn):
 
 
 def test_absent(conn):
-    run(conn, **dict(BASE, state="running"))
+    run(conn, **{**BASE, "state": "running"})
     assert run(conn, name="g1", state="absent", _check=True)["changed"] is True
     assert conn.lookupByName("g1")
     assert run(conn, name="g1", state="absent")["changed"] is True
@@ -124,7 +132,7 @@ def test_absent(conn):
 
 
 def test_shutdown_and_states(conn):
-    run(conn, **dict(BASE, state="running"))
+    run(conn, **{**BASE, "state": "running"})
     assert run(conn, name="g1", state="paused")["state"] == "paused"
     result = run(conn, name="g1", state="shutdown")
     assert result["state"] == "shutoff" and result["changed"]
@@ -133,7 +141,7 @@ def test_shutdown_and_states(conn):
 
 def test_info_by_tag(conn):
     run(conn, **BASE)
-    run(conn, **dict(BASE, name="g2", tags=["b"]))
+    run(conn, **{**BASE, "name": "g2", "tags": ["b"]})
     info = DomainInfo(conn)
     assert [g["name"] for g in info.collect(tags=["a"])] == ["g1"]
     assert [g["name"] for g in info.collect(states=["running"])] == ["test"]

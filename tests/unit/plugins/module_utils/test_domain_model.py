@@ -142,13 +142,13 @@ def test_compare_only_what_is_specified(root):
 
 def test_mac_not_given_is_not_a_change(root):
     wish = {"interfaces": [model.Interface(type="network", source="default")]}
-    [(_, before, after)] = model.compare(root, wish)
+    [(_name, before, after)] = model.compare(root, wish)
     assert before == after
 
 
 def test_exclusive_disks_report_extra_disk(root):
     wish = {"disks": model.DiskWish([model.Disk(target="vda", bus="virtio")], True)}
-    [(_, before, after)] = model.compare(root, wish)
+    [(_name, before, after)] = model.compare(root, wish)
     assert before != after
     assert before[1]["target"] == "sda"
 
@@ -199,7 +199,7 @@ def test_write_then_read_back(root, name, value):
     """Every writer produces what its reader reads, and touches nothing it does not own."""
     others = {k: v for k, v in fields(root).items() if k != name}
     model.write(root, {name: value}, [name])
-    [(_, before, after)] = model.compare(root, {name: value})
+    [(_name, before, after)] = model.compare(root, {name: value})
     assert before == after
     after_others = {k: v for k, v in fields(root).items() if k != name}
     related = {"memory", "max_memory", "vcpus", "max_vcpus", "firmware", "secure_boot"}
