@@ -846,12 +846,17 @@ def _write_interfaces(root, want: list[Interface]):
 def _read_graphics(root):
     elems = root.findall("devices/graphics")
     if not elems:
-        return {"type": "none", "listen": None, "port": None}
+        return {"type": "none", "listen": None, "port": None, "password": None}
     g = elems[0]
     listen = g.get("listen") or _xml.attr(g, "listen", "address")
     port = g.get("port")
     autoport = g.get("autoport") == "yes" or port in (None, "-1")
-    return {"type": g.get("type"), "listen": listen, "port": None if autoport else int(port)}
+    return {
+        "type": g.get("type"),
+        "listen": listen,
+        "port": None if autoport else int(port),
+        "password": g.get("passwd"),  # read with VIR_DOMAIN_XML_SECURE
+    }
 
 
 def _write_graphics(root, want):

@@ -111,7 +111,12 @@ def test_reads_libvirt_definition(root):
     assert got["tuning.vcpu_pins"] == {0: "0"}
     assert got["tuning.cpu_shares"] == 512
     assert got["guest_agent"] is True
-    assert got["graphics"] == {"type": "vnc", "listen": "127.0.0.1", "port": None}
+    assert got["graphics"] == {
+        "type": "vnc",
+        "listen": "127.0.0.1",
+        "port": None,
+        "password": None,
+    }
     assert got["serials"] == [{"port": 0, "type": "file", "path": "/tmp/s.log"}]
     disk = got["disks"][0]
     assert (disk.target, disk.format, disk.cache, disk.iotune) == (
@@ -170,6 +175,7 @@ def test_exclusive_disks_report_extra_disk(root):
         ("cpu", {"mode": "host-model"}),
         ("graphics", {"type": "spice", "listen": "0.0.0.0"}),
         ("graphics", {"type": "none"}),
+        ("graphics", {"type": "vnc", "port": 5905, "password": "secret"}),
         (
             "serials",
             [
