@@ -1,0 +1,155 @@
+"""Inventory plugin virtops.kvm.libvirt against the real libvirtd, through ansible-inventory.
+
+Tiny guests of this test carry a tag unique to the test (plus web or db), and the inventory
+file filters on it, so other engineers' guests on this machine do not show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+from lxml import etree
+
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (
+    NS_PREFIX,
+    NS_VIRTOPS,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def set_tags(dom, tags: list[str]) -> None:
+    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if dom.isActive():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    # un-namespaced: libvirt puts the element and its children into the namespace itself
+    elem = etree.Element("tags")
+    for tag in tags:
+        etree.SubElement(elem, "tag").text = tag
+    dom.setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        etree.tostring(elem, encoding="unicode"),
+        NS_PREFIX,
+        NS_VIRTOPS,
+        flags,
+    )
+
+
+def inventory(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "lab.libvirt.yml"
+    path.write_text(yaml.safe_dump({"plugin": "virtops.kvm.libvirt", **config}))
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", str(path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def plain(value):
+    """``--list`` marks strings from plugins as untrusted: ``{"__ansible_unsafe": "..."}``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def graph_groups(text: str) -> dict[str, list[str]]:
+    """``--graph`` output -> group -> hosts directly in it."""
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        name = re.sub(r"^[\s|]*(--)?", "", line).strip()
+        if name.startswith("@"):
+            current = name[1:].rstrip(":")
+            groups.setdefault(current, [])
+        elif name and current is not None:
+            groups[current].append(name)
+    return groups
+
+
+@pytest.mark.lab
+def test_graph_shows_lab_guests_with_their_groups(
+    tmp_path, libvirt_conn, tiny_guest, default_network, name_prefix
+):
+    lab = name_prefix.replace("-", "_")
+    web = tiny_guest(f"{name_prefix}-web", network=default_network)
+    db = tiny_guest(f"{name_prefix}-db", start=False)
+    set_tags(web.dom, [lab, "web"])
+    set_tags(db.dom, [lab, "db"])
+    address = web.dhcp_address(timeout=300)
+    hypervisor = libvirt_conn.getHostname()
+    config = {
+        "uris": ["qemu:///system"],
+        "tags": [lab],
+        "keyed_groups": [{"key": "libvirt_vcpus | string", "prefix": "vcpus"}],
+        "compose": {"guest_mac": "libvirt_interfaces[0].mac if libvirt_interfaces else ''"},
+    }
+
+    graph = inventory(tmp_path, config, "--graph")
+    assert graph.returncode == 0, graph.stderr
+    print(graph.stdout)
+    groups = graph_groups(graph.stdout)
+    assert groups[f"tag_{lab}"] == sorted([web.name, db.name])
+    assert groups["tag_web"] == [web.name]
+    assert groups["tag_db"] == [db.name]
+    assert groups["state_running"] == [web.name]
+    assert groups["state_shutoff"] == [db.name]
+    assert groups[f"hypervisor_{hypervisor}"] == sorted([web.name, db.name])
+    assert groups["vcpus_1"] == sorted([web.name, db.name])
+
+    listing = inventory(tmp_path, config, "--list")
+    assert listing.returncode == 0, listing.stderr
+    hostvars = plain(json.loads(listing.stdout)["_meta"]["hostvars"])
+    assert set(hostvars) == {web.name, db.name}
+    hv = hostvars[web.name]
+    assert hv["ansible_host"] == address  # the DHCP lease of the default network
+    assert hv["libvirt_address_source"] == "lease"
+    assert hv["libvirt_state"] == "running"
+    assert hv["libvirt_uri"] == "qemu:///system"
+    assert hv["libvirt_hypervisor"] == hypervisor
+    assert hv["libvirt_tags"] == sorted([lab, "web"])
+    assert hv["guest_mac"] == web.mac
+    assert hv["libvirt_uuid"] == web.dom.UUIDString()
+    assert "ansible_host" not in hostvars[db.name]
+
+    # a state filter leaves the shut-off guest out
+    running = inventory(tmp_path, {**config, "states": ["running"]}, "--graph")
+    assert running.returncode == 0, running.stderr
+    assert db.name not in running.stdout and web.name in running.stdout
+
+
+@pytest.mark.integration
+def test_unreachable_hypervisor(tmp_path):
+    bad = f"qemu+unix:///system?socket={tmp_path}/no-such.sock"  # no traffic leaves the host
+    failed = inventory(tmp_path, {"uris": [bad], "connect_timeout": 0}, "--graph")
+    assert "no-such.sock" in failed.stderr
+    assert "Unable to parse" in failed.stderr or failed.returncode != 0
+    skipped = inventory(
+        tmp_path,
+        {"uris": [bad, "qemu:///system"], "connect_timeout": 0, "skip_unreachable": True},
+        "--graph",
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipping {bad}" in skipped.stderr
+    assert "@hypervisor_" in skipped.stdout
