@@ -121,7 +121,9 @@ def test_volume_module_on_test_driver(module_runner):
     }
     result = module_runner(volume_module, args)
     assert result["changed"] and result["volume"]["capacity"] == 1024**2
-    missing = module_runner(volume_module, {**args, "capacity": None})
+    again = module_runner(volume_module, {**args, "capacity": None})
+    assert again["changed"] is False  # an existing volume needs no capacity
+    missing = module_runner(volume_module, {**args, "name": "new.qcow2", "capacity": None})
     assert missing["failed"] and "capacity is required" in missing["msg"]
     both = module_runner(volume_module, {**args, "source_path": "/x"})
     assert both["failed"] and "capacity cannot be combined" in both["msg"]
