@@ -16,13 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import libvirt
 import pytest
 from lxml import etree
 
-from tests.lab.guests import TinyGuest, disk_xml, prepare_tiny_files, tiny_domain_xml
-from tests.lab.images import build_tiny
-
-libvirt = pytest.importorskip("libvirt")
+from tests.lab.guests import TinyGuest, disk_xml
+from tests.lab.images import build_tiny, lab_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
@@ -32,67 +31,41 @@ URI = "qemu:///system"
 # fixtures
 
 
-@pytest.fixture(scope="module")
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_img():
-    return build_tiny()
-
-
-def _remove_guest(conn, name: str, files_dir: Path | None) -> None:
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        dom = None
-    if dom is not None:
-        if dom.isActive():
-            dom.destroy()
-        for snap in dom.listAllSnapshots(0):
-            try:
-                snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-            except libvirt.libvirtError:
-                pass  # a parent deleted with its children already
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    if files_dir is not None:
-        shutil.rmtree(files_dir, ignore_errors=True)
-
-
 @pytest.fixture
-def tiny(conn, tiny_img, name_prefix):
-    """``tiny(marker='qcow2'|'raw', start=True)`` defines (and boots) a tiny guest."""
-    made: list[tuple[str, Path]] = []
+def tiny(tiny_guest, name_prefix):
+    """``tiny(marker='qcow2'|'raw', start=True)``: a lab tiny guest (shared ``tiny_guest``
+    fixture) whose marker disk vda is qcow2 (the lab's) or raw (a copy of the raw template in
+    a directory of ours); ``guest.marker_path`` is its image."""
+    made_dirs: list[Path] = []
+    count = [0]
 
     def _make(marker: str = "qcow2", start: bool = True) -> TinyGuest:
-        name = f"{name_prefix}-{len(made)}"
-        files = prepare_tiny_files(name, tiny_img, marker=marker == "qcow2")
-        made.append((name, files.dir))
-        extra = []
+        name = f"{name_prefix}-{count[0]}"
+        count[0] += 1
         if marker == "raw":
-            raw = files.dir / "marker.raw"
-            shutil.copyfile(tiny_img.marker_template_raw, raw)
+            raw_dir = lab_dir() / "guests" / f"{name}-raw"
+            raw_dir.mkdir(parents=True)
+            raw_dir.chmod(0o755)
+            made_dirs.append(raw_dir)
+            raw = raw_dir / "marker.raw"
+            shutil.copyfile(build_tiny().marker_template_raw, raw)
             raw.chmod(0o644)
-            extra.append(disk_xml(raw, "vda", "raw"))
-        xml = tiny_domain_xml(name, tiny_img, files, extra_devices=extra)
-        dom = conn.defineXML(xml)
-        guest = TinyGuest(name, files, conn)
-        if start:
-            dom.create()
-            guest.wait_console("TINY READY", timeout=420)
-            guest.wait_console("TINY CMD READY|HEARTBEAT", timeout=120)
+            guest = tiny_guest(
+                name, marker=False, start=start, extra_devices=[disk_xml(raw, "vda", "raw")]
+            )
+            guest.marker_path = raw
+        else:
+            guest = tiny_guest(name, start=start)
+            guest.marker_path = guest.files.marker_disk
         return guest
 
     yield _make
-    for name, gdir in made:
-        _remove_guest(conn, name, gdir)
+    for path in made_dirs:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def marker_disk(guest: TinyGuest) -> Path:
-    return guest.files.dir / ("marker.qcow2" if guest.files.marker_disk else "marker.raw")
+    return guest.marker_path
 
 
 def disk_source(dom, target: str = "vda") -> str:
@@ -116,8 +89,9 @@ def boot_again(guest: TinyGuest, timeout: float = 420) -> None:
 
 def image_files(guest: TinyGuest) -> list[str]:
     """The guest's files other than the console log and the command socket."""
+    dirs = {guest.files.dir, guest.marker_path.parent}
     return sorted(
-        p.name for p in guest.files.dir.iterdir() if p.name not in ("console.log", "cmd.sock")
+        str(p) for d in dirs for p in d.iterdir() if p.name not in ("console.log", "cmd.sock")
     )
 
 
@@ -243,7 +217,7 @@ def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tm
 
 
 @pytest.mark.lab
-def test_memory_snapshot_resumes_heartbeat(tiny, playbook, conn):
+def test_memory_snapshot_resumes_heartbeat(tiny, playbook):
     guest = tiny()
     guest.write_marker("A", "alpha")
     before = guest.wait_heartbeat(after=2)
@@ -431,7 +405,7 @@ def test_missing_guest_is_a_clear_error(playbook, name_prefix):
 
 
 @pytest.mark.integration
-def test_internal_retention_and_tree_on_stopped_guest(tiny, playbook, conn):
+def test_internal_retention_and_tree_on_stopped_guest(tiny, playbook):
     guest = tiny(start=False)
     dom = guest.dom
     args = {"domain": guest.name, "retain": {"prefix": "nightly-", "keep": 3}}
@@ -510,3 +484,71 @@ def test_playbook_create_list_revert_delete_is_idempotent(tiny, playbook, tmp_pa
     twice("revert", True)
     twice("delete", True)
     assert guest.dom.snapshotNum(0) == 0
+
+
+def qemu_io(path: Path | str, command: str) -> str:
+    proc = subprocess.run(
+        ["qemu-io", "-c", command, str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def pattern_at(path: Path | str, pattern: int) -> bool:
+    """Whether the 64 KiB at 16 MiB of the image (through its backing chain) hold ``pattern``."""
+    out = subprocess.run(
+        ["qemu-io", "-r", "-c", f"read -P {pattern:#x} 16M 64k", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return "Pattern verification failed" not in out and "read 65536/65536" in out
+
+
+@pytest.mark.integration
+def test_external_revert_to_older_snapshot_forks_and_deletes_cleanly(tiny, playbook):
+    """External snapshots of a stopped guest, checked on the images with qemu-io: revert to
+    a snapshot with a child (a new overlay is forked), back to the child, delete the child
+    the guest was reverted away from (its overlays are discarded), delete the last one
+    (libvirt commits it into the original image): right data each time, no file left."""
+    guest = tiny(start=False)
+    dom = guest.dom
+    base = str(marker_disk(guest))
+    gdir = guest.files.dir
+    qemu_io(base, "write -P 0x11 16M 64k")
+    ext = {"domain": guest.name, "kind": "external"}
+    assert one(playbook, {**ext, "name": "e1"})["changed"]
+    o1 = disk_source(dom)
+    qemu_io(o1, "write -P 0x22 16M 64k")
+    assert one(playbook, {**ext, "name": "e2"})["changed"]
+    o2 = disk_source(dom)
+    qemu_io(o2, "write -P 0x33 16M 64k")
+
+    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "reverted"})
+    assert_changes(res)
+    fork = res[1]["revert_overlays"][0]
+    assert fork["new_file"] is True and fork["overlay"] != o1 and fork["base"] == base
+    assert disk_source(dom) == fork["overlay"] and pattern_at(fork["overlay"], 0x11)
+    assert pattern_at(o2, 0x33) and pattern_at(o1, 0x22)  # e2's branch is intact
+
+    res = one(playbook, {"domain": guest.name, "name": "e2", "state": "reverted"})
+    assert res["changed"] and res["revert_overlays"][0]["new_file"] is False
+    assert disk_source(dom) == o2 and pattern_at(o2, 0x22)  # e2's state: writes after it gone
+
+    # e1 has two branches now: refused, with the way out in the message
+    bad = one(playbook, {"domain": guest.name, "name": "e1", "state": "absent"})
+    assert bad["failed"] and "e2" in bad["msg"], bad["msg"]
+
+    assert one(playbook, {"domain": guest.name, "name": "e1", "state": "reverted"})["changed"]
+    assert disk_source(dom) == fork["overlay"] and pattern_at(fork["overlay"], 0x11)
+    res = four_times(playbook, {"domain": guest.name, "name": "e2", "state": "absent"})
+    assert_changes(res)
+    assert res[1]["deleted"]["method"] == "discard"
+    assert not Path(o2).exists() and not Path(o1).exists()  # e1's old overlay had no user left
+
+    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "absent"})
+    assert_changes(res)
+    assert res[1]["deleted"]["method"] == "libvirt"
+    assert dom.snapshotNum(0) == 0 and disk_source(dom) == base
+    assert backing_file(base) is None and pattern_at(base, 0x11)
+    assert sorted(p.name for p in gdir.glob("*.qcow2")) == ["marker.qcow2"]
