@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(VENV)/collections
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test test-unit test-integration test-lab lint sanity ruff ansible-lint changelog-lint
+.PHONY: setup demo test test-unit test-integration test-lab lint sanity ruff ansible-lint changelog-lint bench
 
 setup:
 	@./scripts/setup.sh
@@ -46,3 +46,10 @@ ansible-lint:
 
 changelog-lint:
 	antsibull-changelog lint
+
+# Benchmarks against community.libvirt (not part of `make test`; about an hour under TCG).
+# Makes benchmarks/.venv-peer and .venv-plot from their pinned files, writes
+# benchmarks/results/<time>/ (tables.md, results.csv, results.json, *.png).
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--only noop,info --reps 5".
+bench: setup
+	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)

@@ -1,0 +1,235 @@
+"""Markdown tables of a benchmark run (medians of the repetitions, with the load averages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import Results, ratio
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _ns(results: Results, series: str) -> list[float]:
+    return sorted({r.n for r in results.records if r.series == series})
+
+
+def _n(value: float) -> str:
+    return f"{value:g}"
+
+
+def render(results: Results, meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    lines = [
+        f"Run {meta['started_utc']} (`{meta['command']}`), {meta.get('duration_s', 0) // 60} min.",
+        f"Machine: {m.get('os')}, kernel {m.get('kernel')}, {m.get('cpus')} x {m.get('cpu')}, "
+        f"{m.get('memory_gib')} GiB; hardware virtualization: "
+        f"{'yes' if m.get('hardware_virtualization') else 'no (guests run under TCG)'}; "
+        f"libvirt {m.get('libvirt', '?')}, QEMU {m.get('qemu', '?')}, Python {m.get('python')}.",
+        f"Ours: virtops.kvm {meta['ours']['virtops.kvm']} ({meta['ours']['commit']}), "
+        f"ansible-core {meta['ours']['ansible-core']}. Peer: ansible {meta['peer']['ansible']} "
+        f"with community.libvirt {meta['peer']['community.libvirt']}, ansible-core "
+        f"{meta['peer']['ansible-core']}.",
+        f"Load average (1/5/15 min) at start {_load(meta.get('load_at_start'))}, at end "
+        f"{_load(meta.get('load_at_end'))}. Figures are medians of {meta['reps']} runs unless "
+        "said otherwise; the load column gives the 1-minute load average(s) when they ran.",
+        "",
+    ]
+    for name, status in meta.get("status", {}).items():
+        if not status.startswith("done"):
+            lines.append(f"- **{name}**: {status}")
+    for series, notes in results.notes.items():
+        for note in notes:
+            if not note.startswith(("not measured", "failed")):
+                lines.append(f"- {series}: {note}")
+    lines.append("")
+    for part in (_noop, _provision, _info, _migrate, _snapshot):
+        lines += part(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _load(load: Any) -> str:
+    return "-" if not load else "/".join(f"{x:.2f}" for x in load)
+
+
+def _noop(results: Results) -> list[str]:
+    ns = _ns(results, "noop")
+    if not ns:
+        return []
+    out = [
+        "### 1. No-change run (second run of N defined guests)",
+        "",
+        "| N | ours s | peer s | floor (ping) s | ours/peer | ours/floor | peer/floor "
+        "| changed on 2nd run ours/peer | first run ours / peer s | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for n in ns:
+        sel = {"series": "noop", "case": "second run", "n": n, "metric": "seconds"}
+        ours = results.median(**sel, side="ours")
+        peer = results.median(**sel, side="peer")
+        floor = results.median(**sel, side="floor")
+        chg = {"series": "noop", "case": "second run", "n": n, "metric": "changed_items"}
+        first = {"series": "noop", "case": "first run (defines)", "n": n, "metric": "seconds"}
+        out.append(
+            f"| {_n(n)} | {_f(ours)} | {_f(peer)} | {_f(floor)} | {_x(ratio(ours, peer))} "
+            f"| {_x(ratio(ours, floor))} | {_x(ratio(peer, floor))} "
+            f"| {_f(results.median(**chg, side='ours'), 0)} / "
+            f"{_f(results.median(**chg, side='peer'), 0)} "
+            f"| {_f(results.median(**first, side='ours'))} / "
+            f"{_f(results.median(**first, side='peer'))} "
+            f"| {results.load_range(series='noop', n=n)} |"
+        )
+    wall = [
+        results.median(
+            series="noop", case="second run", metric="playbook_wall_seconds", n=n, side="floor"
+        )
+        for n in ns
+    ]
+    out += [
+        "",
+        "Task time only; a whole `ansible-playbook` process (start-up, inventory, "
+        "parsing) took "
+        + ", ".join(f"{_f(w)} s" for w in wall)
+        + f" for the ping floor at N = {', '.join(_n(n) for n in ns)}.",
+        "",
+    ]
+    return out
+
+
+def _provision(results: Results) -> list[str]:
+    ns = _ns(results, "provision")
+    if not ns:
+        return []
+    out = [
+        "### 2. Provisioning (cloud image to N guests answering SSH)",
+        "",
+        "| N | ours s | peer s | ours/peer | ours s per guest | peer s per guest | load |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in ns:
+        sel = {"series": "provision", "n": n, "metric": "seconds"}
+        ours = results.median(**sel, side="ours")
+        peer = results.median(**sel, side="peer")
+        out.append(
+            f"| {_n(n)} | {_f(ours, 1)} | {_f(peer, 1)} | {_x(ratio(ours, peer))} "
+            f"| {_f(ratio(ours, n), 1)} | {_f(ratio(peer, n), 1)} "
+            f"| {results.load_range(series='provision', n=n)} |"
+        )
+    return [*out, ""]
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares line through ``points``: (intercept, slope)."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    sx = sum(p[0] for p in points)
+    sy = sum(p[1] for p in points)
+    sxx = sum(p[0] ** 2 for p in points)
+    sxy = sum(p[0] * p[1] for p in points)
+    den = n * sxx - sx * sx
+    if den == 0:
+        return None
+    slope = (n * sxy - sx * sy) / den
+    return (sy - slope * sx) / n, slope
+
+
+def _info(results: Results) -> list[str]:
+    ns = _ns(results, "info")
+    if not ns:
+        return []
+    out = [
+        "### 3. domain_info at scale (all guests of the host)",
+        "",
+        "| our guests | guests listed | task s | in-process s | libvirt calls | RPC calls "
+        "| RPC calls per listed guest | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    calls, rpcs, secs = [], [], []
+    for n in ns:
+        sel = {"series": "info", "n": n}
+        listed = results.median(**sel, metric="guests_listed")
+        task = results.median(**sel, metric="seconds")
+        inproc = results.median(**sel, metric="inprocess_seconds")
+        total = results.median(**sel, metric="libvirt_calls")
+        rpc = results.median(**sel, metric="libvirt_rpc_calls")
+        if listed is not None:
+            calls.append((listed, total))
+            rpcs.append((listed, rpc))
+            secs.append((listed, inproc))
+        out.append(
+            f"| {_n(n)} | {_f(listed, 0)} | {_f(task)} | {_f(inproc)} | {_f(total, 0)} "
+            f"| {_f(rpc, 0)} | {_f(ratio(rpc, listed))} "
+            f"| {results.load_range(series='info', n=n)} |"
+        )
+    out.append("")
+    for label, pts, unit in (
+        ("libvirt calls", calls, ""),
+        ("RPC calls", rpcs, ""),
+        ("in-process time", secs, " s"),
+    ):
+        fit = _fit(pts)
+        if fit:
+            out.append(
+                f"- {label} = {fit[0]:.3g}{unit} + {fit[1]:.3g}{unit} x guests listed "
+                "(least squares)"
+            )
+    return [*out, ""]
+
+
+def _migrate(results: Results) -> list[str]:
+    cases = sorted({r.case for r in results.records if r.series == "migrate"})
+    if not cases:
+        return []
+    out = [
+        "### 4. Live migration of a tiny guest (multi-host lab)",
+        "",
+        "| workload | max downtime requested ms | auto-converge | downtime (libvirt) ms "
+        "| longest guest-observed gap ms | baseline gap ms | total time ms | memory iterations "
+        "| task s | runs ok | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for case in cases:
+        sel = {"series": "migrate", "case": case}
+        workload, requested, converge = case.split("|")
+        ok = len(results.select(**sel, metric="downtime_ms"))
+        tried = len(results.select(**sel, metric="attempted"))
+        out.append(
+            f"| {workload} | {requested} | {converge} "
+            f"| {_f(results.median(**sel, metric='downtime_ms'), 0)} "
+            f"| {_f(results.median(**sel, metric='observed_gap_ms'), 0)} "
+            f"| {_f(results.median(**sel, metric='baseline_gap_ms'), 0)} "
+            f"| {_f(results.median(**sel, metric='total_time_ms'), 0)} "
+            f"| {_f(results.median(**sel, metric='memory_iterations'), 0)} "
+            f"| {_f(results.median(**sel, metric='seconds'))} | {ok}/{tried} "
+            f"| {results.load_range(series='migrate', case=case)} |"
+        )
+    return [*out, ""]
+
+
+def _snapshot(results: Results) -> list[str]:
+    ns = _ns(results, "snapshot")
+    if not ns:
+        return []
+    out = [
+        "### 5. Snapshots of a shut-off guest against disk size (sparse qcow2)",
+        "",
+        "| disk GiB | internal create s | internal revert s | internal delete s "
+        "| external create s | external revert s | external delete s | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in ns:
+        cells = [
+            _f(results.median(series="snapshot", case=f"{kind} {step}", n=n, metric="seconds"))
+            for kind in ("internal", "external")
+            for step in ("create", "revert", "delete")
+        ]
+        out.append(
+            f"| {_n(n)} | {' | '.join(cells)} | {results.load_range(series='snapshot', n=n)} |"
+        )
+    return [*out, ""]
