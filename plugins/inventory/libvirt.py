@@ -1,4 +1,4 @@
-# Copyright (c) virtops.kvm contributors
+# Copyright (c) virtops.kvm contributors (!UNKNOWN)
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
@@ -23,7 +23,7 @@ description:
     lookup when O(address_sources) has V(arp)).
   - The configuration file name must end in C(.libvirt.yml) or C(.libvirt.yaml).
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 requirements:
   - libvirt-python
   - lxml

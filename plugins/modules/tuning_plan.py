@@ -1,5 +1,5 @@
 #!/usr/bin/python
-# Copyright (c) virtops.kvm contributors
+# Copyright (c) virtops.kvm contributors (!UNKNOWN)
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
@@ -31,7 +31,7 @@ description:
     the plan says so in RV(messages) and leaves it out, or fails with
     O(cachetune_required=true).
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.ACTIONGROUP_KVM

@@ -78,7 +78,7 @@ def test_dedicated_guests_get_disjoint_cpus_in_one_cell():
 
 
 def test_plan_is_stable_when_guests_already_pinned():
-    first, _, _ = run(
+    first, _msgs, _summary = run(
         host(), [guest("a"), guest("b")], [req("a"), req("b")], reserved=frozenset({0})
     )
     # the same guests, now carrying their pins and the tag; asked in the other order
@@ -90,7 +90,7 @@ def test_plan_is_stable_when_guests_already_pinned():
         )
         for e in first
     ]
-    second, _, _ = run(host(), pinned, [req("b"), req("a")], reserved=frozenset({0}))
+    second, _msgs, _summary = run(host(), pinned, [req("b"), req("a")], reserved=frozenset({0}))
     assert {e["name"]: pins(e) for e in second} == {e["name"]: pins(e) for e in first}
 
 
@@ -99,7 +99,7 @@ def test_refuses_overlap_with_a_dedicated_guest_outside_the_plan():
     with pytest.raises(KvmValidationError, match=r"overlaps CPUs dedicated.*db holds 2"):
         run(host(), [other, guest("a")], [req("a", cpus="2-3")], reserved=frozenset({0}))
     # without explicit CPUs the plan goes around them
-    result, _, summary = run(
+    result, _msgs, summary = run(
         host(((0, 1, 2, 3, 4),)), [other, guest("a")], [req("a")], reserved=frozenset({0})
     )
     assert pins(result[0]) == {0: "3", 1: "4"}
@@ -108,7 +108,7 @@ def test_refuses_overlap_with_a_dedicated_guest_outside_the_plan():
 
 def test_untagged_pinned_guest_is_not_dedicated_but_warned_about():
     other = guest("web", pins={0: {1}, 1: {2}})
-    result, messages, _ = run(
+    result, messages, _summary = run(
         host(((0, 1, 2),)), [other, guest("a")], [req("a", cpus="1-2")], reserved=frozenset({0})
     )
     assert pins(result[0]) == {0: "1", 1: "2"}
@@ -134,7 +134,9 @@ def test_not_enough_cpus_and_reserved_checks():
 
 
 def test_spans_cells_only_when_no_cell_fits():
-    result, messages, _ = run(host(), [guest("big", 6)], [req("big")], reserved=frozenset({0}))
+    result, messages, _summary = run(
+        host(), [guest("big", 6)], [req("big")], reserved=frozenset({0})
+    )
     assert result[0]["cells"] == [0, 1]
     assert result[0]["tuning"]["numa_memory"]["nodeset"] == "0-1"
     assert any("span cells [0, 1]" in m for m in messages)
@@ -143,7 +145,7 @@ def test_spans_cells_only_when_no_cell_fits():
 
 
 def test_shared_guests_float_over_what_dedicated_guests_leave():
-    result, _, summary = run(
+    result, _msgs, summary = run(
         host(),
         [guest("a"), guest("s", 2, tags=[TAG, "web"])],
         [req("s", cpu_policy="shared"), req("a")],
@@ -159,7 +161,7 @@ def test_shared_guests_float_over_what_dedicated_guests_leave():
 
 def test_emulator_placements():
     for placement, want in [("reserved", "0"), ("shared", "3"), ("vcpus", "1-2")]:
-        result, _, _ = run(
+        result, _msgs, _summary = run(
             host(((0, 1, 2, 3),)),
             [guest("a")],
             [req("a", iothreads=2)],
@@ -171,13 +173,13 @@ def test_emulator_placements():
             {"iothread": 1, "cpuset": want},
             {"iothread": 2, "cpuset": want},
         ]
-    result, _, _ = run(host(((0, 1, 2, 3),)), [guest("a")], [req("a")])
+    result, _msgs, _summary = run(host(((0, 1, 2, 3),)), [guest("a")], [req("a")])
     assert result[0]["tuning"]["emulator_pin"] == "2-3"  # no reserved CPUs: the shared pool
 
 
 def test_hugepages_checked_against_free_pages_of_the_cells():
     g = guest("a", memory=256)  # 128 pages of 2 MiB
-    result, _, _ = run(
+    result, _msgs, _summary = run(
         host(free_2m=[0, 128]),
         [g],
         [req("a", hugepages=True, hugepage_size="2M")],
@@ -193,7 +195,7 @@ def test_hugepages_checked_against_free_pages_of_the_cells():
     run(host(free_2m=[0, 0]), [running], [req("a", hugepages=True)], reserved=frozenset({0}))
     with pytest.raises(KvmValidationError, match="no 4 KiB huge pages"):
         run(host(free_2m=[1, 1]), [g], [req("a", hugepages=True, hugepage_size="4K")])
-    result, _, _ = run(host(), [g], [req("a", hugepages=False)])
+    result, _msgs, _summary = run(host(), [g], [req("a", hugepages=False)])
     assert result[0]["tuning"]["hugepages"] is False
     assert "hugepage_size" not in result[0]["tuning"]
 
@@ -201,12 +203,14 @@ def test_hugepages_checked_against_free_pages_of_the_cells():
 def test_memory_must_fit_strict_cells():
     with pytest.raises(KvmValidationError, match="does not fit NUMA cells"):
         run(host(mem_mib=1024), [guest("a", memory=2048)], [req("a")])
-    result, _, _ = run(host(mem_mib=1024), [guest("a", memory=2048)], [req("a", numa=False)])
+    result, _msgs, _summary = run(
+        host(mem_mib=1024), [guest("a", memory=2048)], [req("a", numa=False)]
+    )
     assert "numa_memory" not in result[0]["tuning"]
 
 
 def test_cachetune_without_resctrl_says_so():
-    result, messages, _ = run(host(), [guest("a")], [req("a", cachetune={"size": "2MiB"})])
+    result, messages, _summary = run(host(), [guest("a")], [req("a", cachetune={"size": "2MiB"})])
     assert "cachetune" not in result[0]["tuning"]
     assert any("cannot allocate cache" in m and "resctrl is not mounted" in m for m in messages)
     assert result[0]["notes"]
@@ -223,7 +227,7 @@ def test_cachetune_with_resctrl():
             {"id": 1, "level": 3, "cpus": [4, 5, 6, 7], "size_bytes": 8 << 20, "allocation": True},
         ],
     }
-    result, messages, _ = run(
+    result, messages, _summary = run(
         host(resctrl=resctrl),
         [guest("a")],
         [req("a", cachetune={"size": "1MiB"})],
@@ -243,7 +247,7 @@ def test_iotune_builds_the_complete_disk_list():
         Disk(target="vdb", device="disk", bus="virtio", pool="default", volume="b.qcow2"),
         Disk(target="sda", device="cdrom", bus="sata", path=""),
     ]
-    result, _, _ = run(
+    result, _msgs, _summary = run(
         host(),
         [guest("a", disks=disks)],
         [req("a", iotune={"total_iops_sec": 500, "read_bytes_sec": 0}, iotune_disks=["vdb"])],
@@ -258,7 +262,7 @@ def test_iotune_builds_the_complete_disk_list():
     net = [Disk(target="vda", device="disk", bus="virtio", path="")]
     with pytest.raises(KvmValidationError, match="neither a file"):
         run(host(), [guest("a", disks=net)], [req("a", iotune={"total_iops_sec": 1})])
-    result, _, _ = run(host(), [guest("a", disks=disks)], [req("a")])
+    result, _msgs, _summary = run(host(), [guest("a", disks=disks)], [req("a")])
     assert result[0]["disks"] is None
 
 
