@@ -472,7 +472,11 @@ class DebianGuest:
         except FileNotFoundError:
             return ""
 
-    def address(self, timeout: float = 180) -> str:
+    def address(self, timeout: float = 600) -> str:
+        """Its DHCP lease on its network (waits; the console tail is in the error)."""
         if not self.network:
             raise RuntimeError(f"{self.name} has no NIC")
-        return wait_lease(self.conn, self.network, self.mac, timeout)
+        try:
+            return wait_lease(self.conn, self.network, self.mac, timeout)
+        except GuestTimeout as exc:
+            raise GuestTimeout(f"{exc}; console tail:\n{self.console()[-1500:]}") from None

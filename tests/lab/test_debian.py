@@ -54,9 +54,9 @@ def test_debian_guest_answers_ansible_ping(
     debian_guest, default_network, ssh_keypair, record_property
 ):
     guest = debian_guest(network=default_network)
-    address = guest.address(timeout=600)
+    address = guest.address(timeout=900)
     lease_s = time.monotonic() - guest.started_at
-    wait_ssh(address, timeout=600)
+    wait_ssh(address, timeout=900)
     ssh_s = time.monotonic() - guest.started_at
     record_property("start_to_lease_s", round(lease_s, 1))
     record_property("start_to_ssh_s", round(ssh_s, 1))
