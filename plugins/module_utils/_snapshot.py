@@ -55,7 +55,7 @@ SNAPSHOT_ARGUMENT_SPEC: dict[str, Any] = {
         "choices": ["present", "absent", "reverted"],
     },
     "description": {"type": "str"},
-    "kind": {"type": "str", "default": "internal", "choices": ["internal", "external"]},
+    "kind": {"type": "str", "choices": ["internal", "external"]},
     "memory": {"type": "bool"},
     "quiesce": {"type": "bool", "default": False},
     "disks": {"type": "list", "elements": "str"},
@@ -170,7 +170,7 @@ class SnapshotManager:
     def _check_existing(self, snap: SnapshotModel) -> None:
         """Snapshots cannot be changed: warn when the request differs from what exists."""
         want_kind = self.p["kind"]
-        if snap.kind != want_kind:
+        if want_kind is not None and snap.kind != want_kind:
             self.module.warn(
                 f"Snapshot {snap.name} exists as a {snap.kind} snapshot, not {want_kind};"
                 " it is left as it is (delete it to take a new one)"
@@ -212,7 +212,7 @@ class SnapshotManager:
         return chosen, skipped
 
     def _plan_create(self) -> CreatePlan:
-        name, kind = self.p["name"], self.p["kind"]
+        name, kind = self.p["name"], self.p["kind"] or "internal"
         power = power_state(self.dom)
         active = power in ("running", "paused")
         root = _xml.parse(domain_xml(self.dom), "domain XML")

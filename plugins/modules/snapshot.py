@@ -91,10 +91,11 @@ options:
     description:
       - V(internal) - inside the qcow2 images, with memory for a running guest.
       - V(external) - disk-only overlay files; works for raw disks.
-      - Used when the snapshot is taken; an existing snapshot of another kind gives a warning.
+      - V(internal) when not set.
+      - Used when the snapshot is taken; when set, an existing snapshot of another kind gives
+        a warning.
     type: str
     choices: [internal, external]
-    default: internal
   memory:
     description:
       - Whether the snapshot holds the guest's memory so that a revert resumes the guest
