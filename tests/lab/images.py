@@ -44,6 +44,11 @@ DEFAULT_CACHE = "/var/cache/virtops-kvm/images"
 DEFAULT_LAB_DIR = "/var/tmp/virtops-lab"
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
+PRUNE_DAYS = 14  # images of an older recipe unused this long are removed after a build
+# Boot options for this machine, not for the image (so not part of a recipe): under TCG on a
+# loaded host the kernel's IO-APIC timer check can fail and panic ("IO-APIC + timer doesn't
+# work!"); no_timer_check skips it.
+BOOT_EXTRA = "no_timer_check"
 
 
 def cache_dir() -> Path:
@@ -110,6 +115,7 @@ def cached_build(
     cache = cache or cache_dir()
     final = cache / f"{kind}-{recipe_digest(recipe)}"
     if final.is_dir():
+        _touch(final)
         return final
     with _locked(cache / f".{final.name}.lock"):
         if final.is_dir():  # built by another process while we waited for the lock
@@ -134,7 +140,30 @@ def cached_build(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    _prune(cache, kind, keep=final)
     return final
+
+
+def _touch(image_dir: Path) -> None:
+    """Mark an image as used now (recipe.json's mtime), for pruning."""
+    with contextlib.suppress(OSError):
+        os.utime(image_dir / "recipe.json")
+
+
+def _prune(cache: Path, kind: str, keep: Path) -> None:
+    """Remove images of ``kind`` made by other recipes and unused for PRUNE_DAYS."""
+    limit = time.time() - PRUNE_DAYS * 86400
+    for other in cache.glob(f"{kind}-*"):
+        if other == keep or not other.is_dir():
+            continue
+        try:
+            unused = (other / "recipe.json").stat().st_mtime < limit
+        except FileNotFoundError:
+            continue
+        if unused:
+            _log(f"removing {other}, unused for {PRUNE_DAYS} days")
+            shutil.rmtree(other, ignore_errors=True)
+            (cache / f".{other.name}.lock").unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -443,7 +472,7 @@ def build_tiny(cache: Path | None = None) -> TinyImage:
         initrd=path / "initrd.img",
         marker_template=path / "marker-template.qcow2",
         marker_template_raw=path / "marker-template.raw",
-        cmdline=recipe["cmdline"],
+        cmdline=f"{recipe['cmdline']} {BOOT_EXTRA}",
         kernel_package=recipe["kernel_package"],
         kernel_version=recipe["kernel_version"],
     )
@@ -452,7 +481,7 @@ def build_tiny(cache: Path | None = None) -> TinyImage:
 # ----------------------------------------------------------------------------------------
 # debian: debootstrap image
 
-DEBIAN_RECIPE_REVISION = 1
+DEBIAN_RECIPE_REVISION = 2
 DEBIAN_SIZE = "6G"
 DEBIAN_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 # python3-cffi-backend must be named, or cloud-init's dependencies fail to configure.
@@ -479,14 +508,20 @@ DEBIAN_FILES = {
     # cloud-init writes interfaces.d/50-cloud-init; ifupdown must read it.
     "etc/network/interfaces": "auto lo\niface lo inet loopback\n\n"
     "source /etc/network/interfaces.d/*\n",
-    # NoCloud only: no probing of metadata services on the network.
-    "etc/cloud/cloud.cfg.d/90-virtops-lab.cfg": "datasource_list: [NoCloud, None]\n",
+    # NoCloud only: no probing of metadata services on the network. Under TCG, generating SSH
+    # host keys and printing their fingerprints took minutes: clones keep the image's keys.
+    "etc/cloud/cloud.cfg.d/90-virtops-lab.cfg": "datasource_list: [NoCloud, None]\n"
+    "ssh_deletekeys: false\nssh_genkeytypes: []\nno_ssh_fingerprints: true\n"
+    "grub_dpkg: {enabled: false}\nlocale: C.UTF-8\n",
     "etc/apt/sources.list": f"deb {MIRROR} {SUITE} main\n",
 }
 DEBIAN_CUSTOMIZE = r"""set -e
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
-systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer >/dev/null 2>&1 || true
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+        fstrim.timer dpkg-db-backup.timer systemd-binfmt.service getty-static.service; do
+    systemctl mask "$unit" >/dev/null 2>&1 || true
+done
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 """
@@ -562,7 +597,7 @@ def build_debian(cache: Path | None = None) -> DebianImage:
         disk=path / "disk.qcow2",
         kernel=path / "vmlinuz",
         initrd=path / "initrd.img",
-        cmdline=recipe["cmdline"],
+        cmdline=f"{recipe['cmdline']} {BOOT_EXTRA}",
     )
 
 
