@@ -371,7 +371,9 @@ def _module_closure(moddir: Path, wanted: list[str]) -> list[str]:
     deps: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
-        path, _, rest = line.partition(":")
+        if ":" not in line:
+            continue
+        path, rest = line.split(":", 1)
         deps[path] = rest.split()
         name = re.sub(r"\.ko(\.\w+)?$", "", Path(path).name).replace("-", "_")
         by_name[name] = path
@@ -676,7 +678,7 @@ def make_seed_iso(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.lab.images", description=__doc__.split("\n")[0]
+        prog="python -m tests.lab.images", description=__doc__.split("\n", maxsplit=1)[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or reuse) an image and print its paths as JSON")
