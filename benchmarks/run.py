@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--update-docs", action="store_true", help="write the tables into docs/performance.md"
     )
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="measure nothing: render the tables and plots of an earlier run "
+        "again (with --update-docs, into docs/performance.md)",
+    )
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SERIES)
@@ -123,8 +130,27 @@ def run_series(name: str, results: Results, args: argparse.Namespace, workdir: P
         provision.run(results, counts=args.provision_n, reps=1, workdir=workdir)
 
 
+def render(args: argparse.Namespace) -> int:
+    data = json.loads((args.render / "results.json").read_text())
+    results = Results()
+    results.records = [Record(**r) for r in data["records"]]
+    results.notes = data.get("notes", {})
+    results.details = data.get("details", {})
+    md = tables.render(results, data["meta"])
+    (args.render / "tables.md").write_text(md)
+    if not args.no_plots:
+        _plots(args.render)
+    print(md)
+    if args.update_docs:
+        update_docs(md)
+        log(f"updated {DOC.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = args.out / stamp
     out.mkdir(parents=True)

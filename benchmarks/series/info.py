@@ -54,6 +54,7 @@ _LIBVIRT_TYPES = tuple(
 class CallCounter:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
 
     def wrap(self, obj: Any, kind: str) -> Any:
         return _Counting(obj, kind, self)
@@ -82,13 +83,18 @@ class _Counting:
         counter, kind = self._counter, self._kind
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            counter.calls[f"{kind}.{name}"] += 1
+            key = f"{kind}.{name}"
+            counter.calls[key] += 1
             args = tuple(a._obj if isinstance(a, _Counting) else a for a in args)
             args = tuple(
                 [x._obj if isinstance(x, _Counting) else x for x in a] if isinstance(a, list) else a
                 for a in args
             )
-            return _wrap_result(attr(*args, **kwargs), counter)
+            started = time.perf_counter()
+            try:
+                return _wrap_result(attr(*args, **kwargs), counter)
+            finally:
+                counter.seconds[key] += time.perf_counter() - started
 
         return call
 
@@ -162,9 +168,10 @@ def run(results: Results, *, counts: list[int], reps: int, uri: str = SYSTEM_URI
                         **common, metric="libvirt_rpc_calls", value=counter.rpc, unit="calls"
                     )
                     results.add(**common, metric="guests_listed", value=len(guests), unit="guests")
-                    results.details.setdefault("info_calls_by_method", {})[str(n)] = dict(
-                        sorted(counter.calls.items())
-                    )
+                    results.details.setdefault("info_calls_by_method", {})[str(n)] = {
+                        key: {"calls": count, "seconds": round(counter.seconds[key], 4)}
+                        for key, count in sorted(counter.calls.items())
+                    }
                     play = run_playbook(
                         "ours",
                         [

@@ -155,23 +155,23 @@ def run(results: Results, *, reps: int, timeout: int) -> None:
                     guest.check(DIRTIER, timeout=60)
                     time.sleep(3)
                 where = 0
-                for requested in (None, TIGHT_MS):
-                    for converge in (False, True):
-                        for rep in range(reps):
-                            moved = _migrate_once(
-                                results,
-                                hosts,
-                                where,
-                                guest,
-                                workload=workload,
-                                requested=requested,
-                                converge=converge,
-                                rep=rep,
-                                timeout=timeout,
-                            )
-                            if moved:
-                                where = 1 - where
-                                guest.conn = conns[where]
+                for requested, converge, rep in _cases(reps):
+                    outcome = _migrate_once(
+                        results,
+                        hosts,
+                        where,
+                        guest,
+                        workload=workload,
+                        requested=requested,
+                        converge=converge,
+                        rep=rep,
+                        timeout=timeout,
+                    )
+                    if outcome == "stalled":
+                        break
+                    if outcome == "moved":
+                        where = 1 - where
+                        guest.conn = conns[where]
                 _remove(conns, name)
         finally:
             for name, files in made:
@@ -179,6 +179,14 @@ def run(results: Results, *, reps: int, timeout: int) -> None:
                 shutil.rmtree(files.dir, ignore_errors=True)
             for conn in conns:
                 conn.close()
+
+
+def _cases(reps: int):
+    """(max downtime asked, auto-converge, repetition) in the order they run."""
+    for requested in (None, TIGHT_MS):
+        for converge in (False, True):
+            for rep in range(reps):
+                yield requested, converge, rep
 
 
 def _remove(conns, name: str) -> None:
@@ -227,8 +235,12 @@ def _migrate_once(
         play = run_playbook("ours", book, keep_results=True, check=False, timeout=timeout + 300)
         t_end = time.monotonic()
         time.sleep(2)
-        watch.wait_ticks(5, timeout=60)
-        gap = watch.max_gap(t_base, time.monotonic())
+        try:
+            watch.wait_ticks(5, timeout=60)
+            stalled = None
+        except RuntimeError:
+            stalled = _stall_report(hosts, guest.name)
+        gap = None if stalled else watch.max_gap(t_base, time.monotonic())
     common = {
         "series": "migrate",
         "case": case,
@@ -249,7 +261,13 @@ def _migrate_once(
     if play.rc != 0 or not res.get("stats"):
         msg = str(res.get("msg", play.output_tail[-300:]))[:300]
         results.note("migrate", f"{case} rep {rep}: no migration ({msg})")
-        return False
+        return "failed"
+    if stalled:
+        results.note(
+            "migrate",
+            f"{case} rep {rep}: migrated, then the guest printed nothing "
+            f"for 60 s ({stalled}); its workload's remaining cases are skipped",
+        )
     stats = res["stats"]
     results.add(**common, metric="downtime_ms", value=stats.get("downtime_ms"), unit="ms")
     results.add(**common, metric="total_time_ms", value=stats.get("total_time_ms"), unit="ms")
@@ -279,4 +297,27 @@ def _migrate_once(
         unit="ms",
         note=f"migration playbook took {t_end - t_base:.1f} s",
     )
-    return res.get("location") == dst.uri
+    if stalled:
+        return "stalled"
+    return "moved" if res.get("location") == dst.uri else "failed"
+
+
+def _stall_report(hosts, name: str) -> str:
+    """Where the guest is, its state and whether its vCPU time still advances."""
+    for host in hosts:
+        conn = host.connect()
+        try:
+            dom = conn.lookupByName(name)
+            state, reason = dom.state()
+            cpu0 = dom.info()[4]
+            time.sleep(3)
+            cpu1 = dom.info()[4]
+            return (
+                f"on {host.uri}, libvirt state {state} reason {reason}, vCPU time "
+                f"+{(cpu1 - cpu0) / 1e9:.2f} s in 3 s"
+            )
+        except libvirt.libvirtError:
+            continue
+        finally:
+            conn.close()
+    return "found on no host"

@@ -32,7 +32,7 @@ from ..common import ROOT, NotReady, Results, log, new_prefix, remove_domains, r
 
 MEMORY_MIB = 1024
 DISK_GIB = 4
-WAIT_S = 1500
+WAIT_S = 600
 
 
 def _role_landed() -> bool:
@@ -48,8 +48,7 @@ def _ensure_virt_install() -> None:
     if shutil.which("virt-install"):
         return
     log("provision: installing Debian's virtinst (virt-install) for the peer's virt_install")
-    subprocess.run(["apt-get", "install", "-y", "-q", "virtinst"], check=True,
-                   capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "virtinst"], check=True, capture_output=True)
 
 
 def ours_playbook(names, image, pool, pubkey) -> list[dict]:
@@ -59,83 +58,108 @@ def ours_playbook(names, image, pool, pubkey) -> list[dict]:
             "memory": f"{MEMORY_MIB}MiB",
             "vcpus": 1,
             "disk_size": f"{DISK_GIB}GiB",
-            "image": {"path": str(image.disk), "kernel": str(image.kernel),
-                      "initrd": str(image.initrd), "cmdline": image.cmdline},
+            "image": {
+                "path": str(image.disk),
+                "kernel": str(image.kernel),
+                "initrd": str(image.initrd),
+                "cmdline": image.cmdline,
+            },
         }
         for name in names
     ]
-    return [{
-        "name": "provision with the guest role",
-        "hosts": "localhost",
-        "gather_facts": False,
-        "roles": [{
-            "role": "virtops.kvm.guest",
-            "vars": {
-                "guest_list": guests,
-                "guest_pool": pool,
-                "guest_image_pool": pool,
-                "guest_virt_type": "qemu",
-                "guest_ssh_public_keys": [pubkey],
-                "guest_add_hosts": False,
-                "guest_wait_timeout": WAIT_S,
-            },
-        }],
-    }]
+    return [
+        {
+            "name": "provision with the guest role",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "roles": [
+                {
+                    "role": "virtops.kvm.guest",
+                    "vars": {
+                        "guest_list": guests,
+                        "guest_pool": pool,
+                        "guest_image_pool": pool,
+                        "guest_virt_type": "qemu",
+                        "guest_ssh_public_keys": [pubkey],
+                        "guest_add_hosts": False,
+                        "guest_wait_timeout": WAIT_S,
+                    },
+                }
+            ],
+        }
+    ]
 
 
 def peer_playbook(guests, image, pool, pubkey_file) -> list[dict]:
     loop = [{"name": n, "mac": m} for n, m in guests]
-    return [{
-        "name": "provision with community.libvirt",
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [
-            {
-                "name": "virt_install",
-                "community.libvirt.virt_install": {
-                    "name": "{{ item.name }}",
-                    "memory": MEMORY_MIB,
-                    "vcpus": 1,
-                    "virt_type": "qemu",
-                    "import": True,
-                    "osinfo": {"name": "debian12"},
-                    "disks": [{"pool": pool, "size": DISK_GIB, "format": "qcow2",
-                               "backing_store": str(image.disk), "backing_format": "qcow2"}],
-                    "boot": f"kernel={image.kernel},initrd={image.initrd},"
-                            f"kernel_args=\"{image.cmdline}\"",
-                    "cloud_init": {"root_ssh_key": str(pubkey_file),
-                                   "clouduser_ssh_key": str(pubkey_file)},
-                    "networks": [{"network": "default", "mac": {"address": "{{ item.mac }}"}}],
-                    "graphics": {"type": "none"},
-                    "noreboot": False,
+    return [
+        {
+            "name": "provision with community.libvirt",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "virt_install",
+                    "community.libvirt.virt_install": {
+                        "name": "{{ item.name }}",
+                        "memory": MEMORY_MIB,
+                        "vcpus": 1,
+                        "virt_type": "qemu",
+                        "import": True,
+                        "osinfo": {"name": "debian11"},
+                        "disks": [
+                            {
+                                "pool": pool,
+                                "size": DISK_GIB,
+                                "format": "qcow2",
+                                "backing_store": str(image.disk),
+                                "backing_format": "qcow2",
+                            }
+                        ],
+                        "boot": f"kernel={image.kernel},initrd={image.initrd},"
+                        f'kernel_args="{image.cmdline}"',
+                        "cloud_init": {
+                            "root_ssh_key": str(pubkey_file),
+                            "clouduser_ssh_key": str(pubkey_file),
+                        },
+                        "networks": [{"network": "default", "mac": {"address": "{{ item.mac }}"}}],
+                        "graphics": {"type": "none"},
+                        "noreboot": False,
+                    },
+                    "loop": loop,
                 },
-                "loop": loop,
-            },
-            {
-                "name": "lease",
-                "ansible.builtin.command": {
-                    "argv": ["virsh", "-q", "net-dhcp-leases", "default", "--mac",
-                             "{{ item.mac }}"],
+                {
+                    "name": "lease",
+                    "ansible.builtin.command": {
+                        "argv": [
+                            "virsh",
+                            "-q",
+                            "net-dhcp-leases",
+                            "default",
+                            "--mac",
+                            "{{ item.mac }}",
+                        ],
+                    },
+                    "register": "leases",
+                    "until": "leases.stdout | length > 0",
+                    "retries": WAIT_S // 5,
+                    "delay": 5,
+                    "changed_when": False,
+                    "loop": loop,
                 },
-                "register": "leases",
-                "until": "leases.stdout | length > 0",
-                "retries": WAIT_S // 5,
-                "delay": 5,
-                "changed_when": False,
-                "loop": loop,
-            },
-            {
-                "name": "ssh",
-                "ansible.builtin.wait_for": {
-                    "host": "{{ (item.stdout.split()[4]).split('/')[0] }}",
-                    "port": 22,
-                    "search_regex": "OpenSSH",
-                    "timeout": WAIT_S,
+                {
+                    "name": "ssh",
+                    "ansible.builtin.wait_for": {
+                        "host": "{{ (item.stdout.split()[4]).split('/')[0] }}",
+                        "port": 22,
+                        "search_regex": "OpenSSH",
+                        "timeout": WAIT_S,
+                    },
+                    "loop": "{{ leases.results }}",
                 },
-                "loop": "{{ leases.results }}",
-            },
-        ],
-    }]
+            ],
+        }
+    ]
 
 
 def _pool(conn, name: str, path: Path):
@@ -174,8 +198,7 @@ def run(results: Results, *, counts: list[int], reps: int, workdir: Path) -> Non
         net.create()
     with tempfile.TemporaryDirectory(prefix="vtb-prov-key-") as keydir:
         key = Path(keydir) / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         pub = key.with_suffix(".pub")
         try:
             for n in counts:
@@ -189,18 +212,30 @@ def run(results: Results, *, counts: list[int], reps: int, workdir: Path) -> Non
                             if side == "ours":
                                 book = ours_playbook(names, image, prefix, pub.read_text().strip())
                             else:
-                                book = peer_playbook([(x, new_mac()) for x in names], image,
-                                                     prefix, pub)
-                            play = run_playbook(side, book, timeout=WAIT_S * 2 + 600,
-                                                check=False)
-                            common = {"series": "provision", "case": "to SSH", "side": side,
-                                      "n": n, "rep": rep, "load": play.load_before}
+                                book = peer_playbook(
+                                    [(x, new_mac()) for x in names], image, prefix, pub
+                                )
+                            play = run_playbook(side, book, timeout=WAIT_S * 2 + 600, check=False)
+                            common = {
+                                "series": "provision",
+                                "case": "to SSH",
+                                "side": side,
+                                "n": n,
+                                "rep": rep,
+                                "load": play.load_before,
+                            }
                             if play.rc != 0:
-                                results.note("provision", f"{side} n={n} failed: "
-                                             f"{play.output_tail[-400:]}")
+                                results.note(
+                                    "provision", f"{side} n={n} failed: {play.output_tail[-400:]}"
+                                )
                                 continue
-                            results.add(**common, metric="seconds", value=play.wall_s, unit="s",
-                                        note=f"load at end {play.load_after[0]:.1f}")
+                            results.add(
+                                **common,
+                                metric="seconds",
+                                value=play.wall_s,
+                                unit="s",
+                                note=f"load at end {play.load_after[0]:.1f}",
+                            )
                         finally:
                             remove_domains(conn, prefix)
                             _drop_pool(conn, prefix, pool_dir)
