@@ -280,6 +280,7 @@ class Progress:
             "memory_iterations": figs["memory_iterations"],
             "memory_bps": figs["memory_bps"],
             "disk_transferred_bytes": figs["disk_transferred_bytes"],
+            "auto_converge_throttle": figs["auto_converge_throttle"],
         }
         self.samples.append(record)
         if len(self.samples) > self.MAX_SAMPLES:
@@ -676,6 +677,11 @@ class Migrator:
             cleanup.notes[:0] = self._resume_if_paused(src_now)
         where = self._where(att, src_now)
         reason = str(outcome.error)
+        if "Postcopy is not supported" in reason:
+            reason += (
+                " (the destination's QEMU cannot use userfaultfd: the destination host needs "
+                "vm.unprivileged_userfaultfd=1 or /dev/userfaultfd open to the QEMU user)"
+            )
         if outcome.timed_out:
             events = "; ".join(outcome.events)
             reason = f"timed out after {self.p['timeout']} s ({events}): {reason}"
@@ -724,6 +730,10 @@ class Migrator:
         if not stats and outcome.last_stats:
             stats, source = outcome.last_stats, "last_sample"
         figs = figures(stats)
+        if not figs["auto_converge_throttle"] and outcome.max_throttle:
+            figs["auto_converge_throttle"] = outcome.max_throttle
+        if not figs["disk_transferred_bytes"] and outcome.max_disk_processed:
+            figs["disk_transferred_bytes"] = outcome.max_disk_processed
         figs.update(
             elapsed_s=round(outcome.elapsed, 3),
             stats_from=source,

@@ -42,6 +42,12 @@ _FIGURES = (
     ("disk_remaining_bytes", "disk_remaining"),
     ("postcopy_requests", "memory_postcopy_requests"),
     ("auto_converge_throttle", "auto_converge_throttle"),
+    # xbzrle compression (VIR_MIGRATE_COMPRESSED with the xbzrle method)
+    ("compression_cache_bytes", "compression_cache"),
+    ("compression_bytes", "compression_bytes"),
+    ("compression_pages", "compression_pages"),
+    ("compression_cache_misses", "compression_cache_misses"),
+    ("compression_overflow", "compression_overflow"),
 )
 
 
@@ -54,6 +60,13 @@ def figures(stats: dict[str, Any] | None) -> dict[str, Any]:
 def job_active(stats: dict[str, Any] | None) -> bool:
     none = libvirt.VIR_DOMAIN_JOB_NONE if libvirt is not None else 0
     return bool(stats) and stats.get("type", none) != none
+
+
+def has_figures(stats: dict[str, Any] | None) -> bool:
+    """Whether a sample says how far the job is (while it sets up or is being cancelled,
+    libvirt reports an active job whose figures are all zero)."""
+    stats = stats or {}
+    return bool(stats.get("data_total") or stats.get("data_processed"))
 
 
 @dataclass
@@ -79,6 +92,11 @@ class JobOutcome:
     timed_out: bool = False
     aborted: bool = False
     max_downtime_applied: bool = False
+    # The completed job's statistics no longer say how hard auto-converge throttled the
+    # vCPUs, nor (with the destination's figures) how much disk data went: the highest
+    # values seen while the job ran.
+    max_throttle: int | None = None
+    max_disk_processed: int | None = None
     events: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -154,10 +172,14 @@ class MigrationJob:
                 break
             stats = self._stats()
             if job_active(stats):
-                out.last_stats = stats
                 self._apply_downtime()
-                if self.on_sample:
-                    self.on_sample(elapsed, stats)
+                # A sample without figures after one with figures is the job being torn
+                # down (abort, failure): keep the last real one for the report.
+                if has_figures(stats) or not has_figures(out.last_stats):
+                    out.last_stats = stats
+                    self._note_peaks(stats)
+                    if self.on_sample:
+                        self.on_sample(elapsed, stats)
             if self.on_tick:
                 self.on_tick(elapsed, stats)
             self._triggers(elapsed, stats)
@@ -165,6 +187,15 @@ class MigrationJob:
         if out.error is None and not self._finished:
             out.error = RuntimeError("the migration thread ended without a result")
         return out
+
+    def _note_peaks(self, stats: dict[str, Any]) -> None:
+        out = self._outcome
+        throttle = stats.get("auto_converge_throttle")
+        if throttle:
+            out.max_throttle = max(out.max_throttle or 0, int(throttle))
+        disk = stats.get("disk_processed")
+        if disk:
+            out.max_disk_processed = max(out.max_disk_processed or 0, int(disk))
 
     def _apply_downtime(self) -> None:
         out = self._outcome

@@ -184,6 +184,10 @@ options:
         holds only until the switch.
       - Switching happens only with O(postcopy_after_iterations),
         O(postcopy_after_seconds) or O(timeout_action=postcopy).
+      - The destination's QEMU must be allowed to use userfaultfd (the sysctl
+        C(vm.unprivileged_userfaultfd=1), or C(/dev/userfaultfd) open to the QEMU user). Where
+        it is not, QEMU refuses at the start ("Postcopy is not supported") and the guest stays
+        on the source.
     type: bool
     default: false
   postcopy_after_iterations:
@@ -359,10 +363,33 @@ stats:
       description: Memory data sent.
       type: int
     disk_transferred_bytes:
-      description: Disk data sent (storage copy).
+      description:
+        - Disk data sent (storage copy). The destination's figures of the completed job leave
+          it out, so it is then the highest figure seen while the job ran (null or 0 when the
+          copy was over between two looks at the job).
       type: int
     memory_iterations:
       description: How many times the memory was copied.
+      type: int
+    auto_converge_throttle:
+      description:
+        - With O(auto_converge), the highest CPU throttle percentage seen while the job ran
+          (null when the guest never had to be slowed down).
+      type: int
+    compression_pages:
+      description: With the V(xbzrle) method of O(compression), pages sent compressed.
+      type: int
+    compression_bytes:
+      description: With the V(xbzrle) method of O(compression), compressed data sent.
+      type: int
+    compression_cache_bytes:
+      description: With the V(xbzrle) method of O(compression), size of the page cache.
+      type: int
+    compression_cache_misses:
+      description: With the V(xbzrle) method of O(compression), pages not found in the cache.
+      type: int
+    compression_overflow:
+      description: With the V(xbzrle) method of O(compression), pages that did not compress.
       type: int
     elapsed_s:
       description: Seconds the module watched the migration.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import libvirt
 import pytest
@@ -241,6 +242,97 @@ def test_job_switches_to_postcopy_after_iterations_and_sets_downtime_once(hosts)
     assert calls.count(("max_downtime", 123)) == 1
     assert calls.count(("postcopy", None)) == 1
     assert samples and samples[0]["memory_iteration"] == 4
+
+
+def _stepped(src, dest, steps, *, completed=None, fail=None):
+    """A migrate_impl that shows each job statistics dict of ``steps`` for 0.1 s, then moves
+    the guest (or raises ``fail``)."""
+    finish = move(src, dest, completed=completed)
+
+    def impl(dom, uri, params, flags):
+        for stats in steps:
+            dom.stats = dict(stats, type=libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
+            time.sleep(0.1)
+        dom.stats = {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        if fail is not None:
+            raise fail
+        return finish(dom, uri, params, flags)
+
+    return impl
+
+
+def test_job_keeps_real_figures_and_peaks_when_the_job_is_torn_down(hosts):
+    dom = hosts[SRC].add("g1")
+    steps = [
+        {},  # setting up: no figures yet
+        {"data_total": 100, "data_processed": 10, "auto_converge_throttle": 20},
+        {
+            "data_total": 100,
+            "data_processed": 60,
+            "auto_converge_throttle": 40,
+            "disk_processed": 4096,
+        },
+        {"data_total": 100, "data_processed": 70, "auto_converge_throttle": 30},
+        {},  # cancelled: libvirt zeroes the figures before the call returns
+    ]
+    dom.migrate_impl = _stepped(
+        hosts[SRC], hosts[DST], steps, fail=error(libvirt.VIR_ERR_OPERATION_ABORTED, "aborted")
+    )
+    samples = []
+    outcome = MigrationJob(
+        dom,
+        lambda: dom.migrateToURI3(DST, {}, 0),
+        JobPolicy(poll_interval=0.02),
+        on_sample=lambda e, s: samples.append(s),
+    ).run()
+    assert isinstance(outcome.error, libvirt.libvirtError)
+    assert outcome.last_stats["data_processed"] == 70
+    assert outcome.max_throttle == 40 and outcome.max_disk_processed == 4096
+    assert samples[0].get("data_total") is None  # the setup sample is reported
+    assert samples[-1]["data_processed"] == 70  # the torn-down ones are not
+
+
+def test_completed_figures_gain_the_peaks_and_compression(hosts):
+    dom = hosts[SRC].add("g1")
+    steps = [
+        {
+            "data_total": 100,
+            "data_processed": 50,
+            "auto_converge_throttle": 35,
+            "disk_processed": 8192,
+        }
+    ]
+    completed = {
+        "type": libvirt.VIR_DOMAIN_JOB_COMPLETED,
+        "time_elapsed": 500,
+        "downtime": 30,
+        "compression_pages": 3821,
+        "compression_bytes": 5656018,
+        "compression_cache": 67108864,
+        "compression_cache_misses": 9164,
+        "compression_overflow": 1355,
+    }
+    dom.migrate_impl = _stepped(hosts[SRC], hosts[DST], steps, completed=completed)
+    stats = migrator(hosts, auto_converge=True, compression=["xbzrle"]).run()["stats"]
+    assert stats["auto_converge_throttle"] == 35
+    assert stats["disk_transferred_bytes"] == 8192
+    assert stats["compression_pages"] == 3821 and stats["compression_bytes"] == 5656018
+    assert stats["compression_cache_bytes"] == 67108864
+    assert stats["compression_cache_misses"] == 9164 and stats["compression_overflow"] == 1355
+
+
+def test_postcopy_refused_by_the_destination_says_why(hosts):
+    dom = hosts[SRC].add("g1")
+    refused = error(
+        libvirt.VIR_ERR_INTERNAL_ERROR,
+        "internal error: unable to execute QEMU command 'migrate-set-capabilities': "
+        "Postcopy is not supported",
+    )
+    dom.migrate_impl = _stepped(hosts[SRC], hosts[DST], [], fail=refused)
+    with pytest.raises(KvmLibvirtError) as err:
+        migrator(hosts, postcopy=True, timeout=5, timeout_action="postcopy").run()
+    assert "userfaultfd" in err.value.msg and "still running on the source" in err.value.msg
+    assert hosts[SRC].domains["g1"].active and "g1" not in hosts[DST].domains
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
