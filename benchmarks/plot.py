@@ -97,8 +97,13 @@ def plot_info(records, out):
     fig.savefig(out / "info.png", dpi=110)
 
 
+def case_order(case):
+    workload, requested, converge = case.split("|")
+    return (workload != "idle", "default" not in requested, requested, converge != "off")
+
+
 def plot_migrate(records, out):
-    cases = sorted({r["case"] for r in records if r["series"] == "migrate"})
+    cases = sorted({r["case"] for r in records if r["series"] == "migrate"}, key=case_order)
     fig, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.27
     for i, (metric, label) in enumerate(

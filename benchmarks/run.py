@@ -48,6 +48,7 @@ from .common import (
 SERIES = ("noop", "provision", "info", "migrate", "snapshot")
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+RUN_KEYS = ("started_utc", "command", "duration_s", "load_at_start", "load_at_end", "status")
 
 
 def _ints(text: str) -> list[int]:
@@ -94,8 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--render",
         type=Path,
         metavar="RESULTS_DIR",
-        help="measure nothing: render the tables and plots of an earlier run "
-        "again (with --update-docs, into docs/performance.md)",
+        action="append",
+        help="measure nothing: render the tables and plots of an earlier run again (with "
+        "--update-docs, into docs/performance.md); given twice, the series of the second run "
+        "are added to the first's (its start and load are said) and the result is written to "
+        "the first run's directory",
     )
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -131,15 +135,28 @@ def run_series(name: str, results: Results, args: argparse.Namespace, workdir: P
 
 
 def render(args: argparse.Namespace) -> int:
-    data = json.loads((args.render / "results.json").read_text())
+    first, *more = args.render
+    data = json.loads((first / "results.json").read_text())
     results = Results()
     results.records = [Record(**r) for r in data["records"]]
     results.notes = data.get("notes", {})
     results.details = data.get("details", {})
-    md = tables.render(results, data["meta"])
-    (args.render / "tables.md").write_text(md)
+    meta = data["meta"]
+    for extra in more:
+        other = json.loads((extra / "results.json").read_text())
+        series = sorted({r["series"] for r in other["records"]} | set(other["notes"]))
+        results.records += [Record(**r) for r in other["records"]]
+        for name, notes in other.get("notes", {}).items():
+            results.notes.setdefault(name, []).extend(notes)
+        run = {key: other["meta"].get(key) for key in RUN_KEYS}
+        meta.setdefault("extra_runs", []).append({**run, "series": series})
+        meta["status"] = {**meta.get("status", {}), **other["meta"].get("status", {})}
+    if more:
+        (first / "results.json").write_text(json.dumps(results.as_json(meta), indent=2))
+    md = tables.render(results, meta)
+    (first / "tables.md").write_text(md)
     if not args.no_plots:
-        _plots(args.render)
+        _plots(first)
     print(md)
     if args.update_docs:
         update_docs(md)

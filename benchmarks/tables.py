@@ -38,8 +38,14 @@ def render(results: Results, meta: dict[str, Any]) -> str:
         f"Load average (1/5/15 min) at start {_load(meta.get('load_at_start'))}, at end "
         f"{_load(meta.get('load_at_end'))}. Figures are medians of {meta['reps']} runs unless "
         "said otherwise; the load column gives the 1-minute load average(s) when they ran.",
-        "",
     ]
+    for run in meta.get("extra_runs", []):
+        lines.append(
+            f"Series {', '.join(run['series'])} from a second run, {run['started_utc']} "
+            f"(`{run['command']}`), {(run.get('duration_s') or 0) // 60} min, load average at "
+            f"start {_load(run.get('load_at_start'))}, at end {_load(run.get('load_at_end'))}."
+        )
+    lines.append("")
     for name, status in meta.get("status", {}).items():
         if not status.startswith("done"):
             lines.append(f"- **{name}**: {status}")
@@ -203,8 +209,14 @@ def _info(results: Results) -> list[str]:
     return [*out, ""]
 
 
+def _case_order(case: str) -> tuple:
+    """idle before dirty, QEMU's default max downtime before the tight one, off before on."""
+    workload, requested, converge = case.split("|")
+    return (workload != "idle", "default" not in requested, requested, converge != "off")
+
+
 def _migrate(results: Results) -> list[str]:
-    cases = sorted({r.case for r in results.records if r.series == "migrate"})
+    cases = sorted({r.case for r in results.records if r.series == "migrate"}, key=_case_order)
     if not cases:
         return []
     out = [

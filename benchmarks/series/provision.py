@@ -3,7 +3,7 @@
 Both sides start from the same Debian 12 cloud image (the lab's ``debian`` image: qcow2
 with cloud-init NoCloud, booted with its own kernel and initrd, ``root=/dev/vda``), the same
 empty directory storage pool made for the series, libvirt's ``default`` NAT network and the
-same SSH key; each guest gets 1 GiB, 1 vCPU and a 4 GiB qcow2 overlay on the image.
+same SSH key; each guest gets 1 GiB, 1 vCPU and an 8 GiB qcow2 overlay on the image.
 
 - ours: the ``virtops.kvm.guest`` role (imports the base image into the pool once, makes
   each guest's overlay volume and NoCloud seed, defines and starts the guests, waits for an
@@ -31,8 +31,10 @@ import libvirt
 from ..common import ROOT, NotReady, Results, log, new_prefix, remove_domains, run_playbook
 
 MEMORY_MIB = 1024
-DISK_GIB = 4
+DISK_GIB = 8
 WAIT_S = 600
+# where the role leaves seed files when its guest_seed_dir is not taken (cleaned by prefix)
+ROLE_SEED_DIR = Path("/var/lib/virtops-kvm/seeds")
 
 
 def _role_landed() -> bool:
@@ -51,7 +53,7 @@ def _ensure_virt_install() -> None:
     subprocess.run(["apt-get", "install", "-y", "-q", "virtinst"], check=True, capture_output=True)
 
 
-def ours_playbook(names, image, pool, pubkey) -> list[dict]:
+def ours_playbook(names, image, pool, pubkey, seed_dir) -> list[dict]:
     guests = [
         {
             "name": name,
@@ -210,7 +212,13 @@ def run(results: Results, *, counts: list[int], reps: int, workdir: Path) -> Non
                         try:
                             names = [f"{prefix}-{i}" for i in range(n)]
                             if side == "ours":
-                                book = ours_playbook(names, image, prefix, pub.read_text().strip())
+                                book = ours_playbook(
+                                    names,
+                                    image,
+                                    prefix,
+                                    pub.read_text().strip(),
+                                    workdir / f"{prefix}-seeds",
+                                )
                             else:
                                 book = peer_playbook(
                                     [(x, new_mac()) for x in names], image, prefix, pub
@@ -239,5 +247,12 @@ def run(results: Results, *, counts: list[int], reps: int, workdir: Path) -> Non
                         finally:
                             remove_domains(conn, prefix)
                             _drop_pool(conn, prefix, pool_dir)
+                            for seeds in (workdir / f"{prefix}-seeds", ROLE_SEED_DIR):
+                                for path in seeds.glob(f"{prefix}*"):
+                                    if path.is_dir():
+                                        shutil.rmtree(path, ignore_errors=True)
+                                    else:
+                                        path.unlink(missing_ok=True)
+                            shutil.rmtree(workdir / f"{prefix}-seeds", ignore_errors=True)
         finally:
             conn.close()
