@@ -270,7 +270,7 @@ def update_docs(md: str) -> None:
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{DOC} has no {BEGIN} ... {END} markers")
     head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    tail = rest.split(END, 1)[1]
     DOC.write_text(f"{head}{BEGIN}\n{md.strip()}\n{END}{tail}")
 
 
