@@ -257,7 +257,7 @@ def lab_hosts_factory():
         lab = state.get("lab")
         if lab is not None and len(lab.hosts) >= count:
             return lab
-        if not state:
+        if not state.get("locked"):  # once per session: flock is per open file, not per process
             running = lab_hosts_mod.Lab.load()
             if running is not None and running.owner == "cli" and lab_hosts_mod.is_running(running):
                 pytest.fail(
@@ -265,8 +265,10 @@ def lab_hosts_factory():
                     "stop them with `python -m tests.lab.hosts down` first"
                 )
             stack.enter_context(lab_hosts_mod.lab_lock())
+            state["locked"] = True
         if lab is not None:
             lab_hosts_mod.down(lab)
+            state["lab"] = None
         state["lab"] = lab_hosts_mod.up(count, owner=f"pytest:{os.getpid()}")
         return state["lab"]
 
