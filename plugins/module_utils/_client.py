@@ -40,7 +40,9 @@ else:
 
 LXML_IMPORT_ERROR = None
 try:
-    from lxml import etree  # noqa: F401  (checked here so modules fail with one clear message)
+    # Checked here so that every module fails with one clear message when lxml is missing.
+    # pylint: disable-next=unused-import
+    from lxml import etree  # noqa: F401
 except ImportError:
     LXML_IMPORT_ERROR = traceback.format_exc()
 

@@ -483,7 +483,7 @@ class Migrator:
             result.update(
                 location=src_uri,
                 state=state_name(src_dom),
-                volumes_created=[d.path for d, _ in chosen.volumes_to_create],
+                volumes_created=[d.path for d, _volume in chosen.volumes_to_create],
             )
             return self._finish(result)
         result.update(self._migrate(Attempt(src, src_dom, dest, chosen, needs)))
@@ -517,7 +517,7 @@ class Migrator:
                 )
             raise KvmError(
                 f"Guest {name} is running both on the source {self.p['uri']} and on "
-                f"{', '.join(d.uri for d, _ in running)}; refusing to touch it"
+                f"{', '.join(d.uri for d, _dom in running)}; refusing to touch it"
             )
         if self.live:
             arrived = running

@@ -265,7 +265,7 @@ def check_destination(
         cand.notes.append(f"bridges not checked: {', '.join(needs.bridges)}")
 
     pools = _active_pools(dest_conn)
-    pool_names = {name for name, _ in pools}
+    pool_names = {name for name, _pool in pools}
     for disk in needs.disks:
         if disk.pool and disk.pool not in pool_names:
             cand.refuse(f"storage pool {disk.pool} (disk {disk.target}) is not active there")

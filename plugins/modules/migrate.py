@@ -29,7 +29,7 @@ description:
     running the module (syslog or journal, when there is one). The module works with
     C(async) for migrations that outlast the connection's timeout.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm

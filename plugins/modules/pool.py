@@ -21,7 +21,7 @@ description:
     started, and the module reports that in RV(restart_required).
   - Returns the capacity, allocation and available bytes of the pool.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm

@@ -13,7 +13,7 @@ description:
   - Returns one storage pool or all of them, with state, settings and capacity,
     allocation and available bytes.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm

@@ -21,7 +21,7 @@ description:
     the volume, it is grown with the guest's block resize, so the guest sees the new size
     at once. Shrinking fails unless O(allow_shrink=true).
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm

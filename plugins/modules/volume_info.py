@@ -13,7 +13,7 @@ description:
   - Returns one volume or all volumes of a running storage pool with format, capacity,
     allocation and backing image.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.connection.actiongroup_kvm

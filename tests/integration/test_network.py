@@ -25,7 +25,7 @@ def free_subnet(conn, second: int = 18) -> int:
     for net in conn.listAllNetworks():
         used.add(net.XMLDesc(0))
     routes = Path("/proc/net/route").read_text()
-    for _ in range(200):
+    for _attempt in range(200):
         x = 20 + secrets.randbelow(230)
         text = f"198.{second}.{x}."
         hexnet = f"{x:02X}{second:02X}C6"  # little-endian 198.second.x.0

@@ -125,7 +125,7 @@ def test_swap_uses_delete_then_add():
 
 
 def test_nothing_to_do_gives_no_ops():
-    live, _ = CASES["add host"]
+    live, _config = CASES["add host"]
     assert plan_live(live, live) == plan_live(live, live)
     assert plan_live(live, live).ops == []
 
