@@ -35,8 +35,7 @@ def ansible_ping(address: str, key: Path, user: str) -> subprocess.CompletedProc
             user,
             "--private-key",
             str(key),
-            "--ssh-common-args",
-            SSH_OPTS,
+            f"--ssh-common-args={SSH_OPTS}",  # one word: the value starts with "-"
             "-e",
             "ansible_python_interpreter=/usr/bin/python3",
             "-m",
