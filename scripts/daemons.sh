@@ -12,6 +12,12 @@ pid_alive() { # pidfile
     [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+# Without udev (containers, our CI) /dev/kvm stays root:root 0600, and libvirt then probes
+# QEMU again on every capabilities call (seconds each). Give it the kvm group udev would.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+
 if answers; then
     echo "libvirtd: already answering on $URI"
     exit 0
