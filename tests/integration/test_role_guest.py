@@ -201,7 +201,7 @@ def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
     run = run_playbook(lab["tmp"], plays=role_play(lab, [guest], guest_image_pool=lab["pool"]))
     assert run.rc == 0, run.stdout[-4000:]
     changed = [e["task"] for e in run.results if e["result"].get("changed")]
-    assert changed == [f"virtops.kvm.guest : Create the root disk of {name} on its base image"]
+    assert changed == [f"virtops.kvm.guest : Create the root disk on its base image: {name}"]
 
     guest["state"] = "absent"
     absent = role_play(lab, [guest], guest_image_pool=lab["pool"])

@@ -1,0 +1,69 @@
+"""Verify the guest role's default scenario: the host side, then a login into the guest."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import yaml
+
+VARS = yaml.safe_load((Path(__file__).resolve().parents[1] / "vars.yml").read_text())
+URI = "qemu:///system"
+GUEST = VARS["mol_guest"]
+SEEDS = Path(VARS["mol_dir"]) / "seeds"
+KEY = VARS["mol_key"]
+
+
+def _virsh(host, *args: str) -> str:
+    return host.check_output("virsh -c %s " + " ".join(["%s"] * len(args)), URI, *args)
+
+
+def _address(host) -> str:
+    leases = _virsh(host, "domifaddr", GUEST, "--source", "lease")
+    return next(w.split("/")[0] for w in leases.split() if w.count(".") == 3 and "/" in w)
+
+
+def _ssh(host, command: str):
+    return host.run(
+        "ssh -i %s -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o ConnectTimeout=60 virtops@%s %s",
+        KEY,
+        _address(host),
+        command,
+    )
+
+
+def test_guest_runs_with_its_disks(host):
+    assert _virsh(host, "domstate", GUEST).strip() == "running"
+    blk = _virsh(host, "domblklist", GUEST, "--details")
+    assert f"{GUEST}.qcow2" in blk and f"{GUEST}-data.qcow2" in blk
+    assert str(SEEDS / f"{GUEST}.iso") in blk
+    vol = json.loads(
+        host.check_output(
+            "qemu-img info --output=json -U %s", f"{VARS['mol_dir']}/pool/{GUEST}.qcow2"
+        )
+    )
+    assert vol["virtual-size"] == 8 * 1024**3
+    assert Path(vol["backing-filename"]).name.startswith("base-")
+
+
+def test_seed_is_private(host):
+    assert stat.S_IMODE((SEEDS / GUEST).stat().st_mode) == 0o700
+    user_data = (SEEDS / GUEST / "user-data").read_text()
+    assert "molecule-not-logged" not in user_data
+    assert "passwd: $6$" in user_data
+
+
+def test_guest_configured_by_cloud_init(host):
+    result = _ssh(
+        host,
+        "hostname; cat /var/tmp/virtops-runcmd; lsblk -dno NAME,SIZE; sudo -n true && echo sudo-ok",
+    )
+    assert result.rc == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[0] == GUEST
+    assert "done" in lines
+    assert "sudo-ok" in lines
+    # The overlay was grown to 8 GiB and the extra disk is there.
+    assert "8G" in result.stdout and "1G" in result.stdout
