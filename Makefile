@@ -11,8 +11,10 @@ PYTEST := $(VENV)/bin/pytest
 setup:
 	@./scripts/setup.sh
 
+# This machine as a KVM host with two cloud-init guests (playbooks/demo.yml); the guests are
+# found by the inventory plugin (inventory/demo.libvirt.yml). A second run changes nothing.
 demo: setup
-	ansible-playbook playbooks/demo.yml
+	ansible-playbook -i inventory/localhost.yml -i inventory/demo.libvirt.yml playbooks/demo.yml
 
 # The whole suite: quality gates, then one pytest run over unit, integration and lab tests
 # (the real libvirtd, booted guests, the multi-host lab and Molecule scenarios).
