@@ -8,11 +8,11 @@ from pathlib import Path
 
 import yaml
 
-VARS = yaml.safe_load((Path(__file__).resolve().parents[1] / "vars.yml").read_text())
+VARS = yaml.safe_load((Path(__file__).resolve().parents[1] / "vars" / "main.yml").read_text())
 URI = "qemu:///system"
-GUEST = VARS["mol_guest"]
-SEEDS = Path(VARS["mol_dir"]) / "seeds"
-KEY = VARS["mol_key"]
+GUEST = VARS["guest_molecule_guest"]
+SEEDS = Path(VARS["guest_molecule_dir"]) / "seeds"
+KEY = VARS["guest_molecule_key"]
 
 
 def _virsh(host, *args: str) -> str:
@@ -41,7 +41,7 @@ def test_guest_runs_with_its_disks(host):
     assert str(SEEDS / f"{GUEST}.iso") in blk
     vol = json.loads(
         host.check_output(
-            "qemu-img info --output=json -U %s", f"{VARS['mol_dir']}/pool/{GUEST}.qcow2"
+            "qemu-img info --output=json -U %s", f"{VARS['guest_molecule_dir']}/pool/{GUEST}.qcow2"
         )
     )
     assert vol["virtual-size"] == 8 * 1024**3
