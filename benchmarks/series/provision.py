@@ -233,8 +233,13 @@ def run(results: Results, *, counts: list[int], reps: int, workdir: Path) -> Non
                                 "load": play.load_before,
                             }
                             if play.rc != 0:
+                                failed = [
+                                    f"{t.task}: {t.results[:1]}" for t in play.tasks if t.failed
+                                ]
+                                detail = "; ".join(failed) or play.output_tail[-600:]
                                 results.note(
-                                    "provision", f"{side} n={n} failed: {play.output_tail[-400:]}"
+                                    "provision",
+                                    f"{side} n={n} failed after {play.wall_s:.0f} s: {detail}",
                                 )
                                 continue
                             results.add(
