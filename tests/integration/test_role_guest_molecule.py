@@ -39,5 +39,6 @@ def test_guest_role_molecule_default():
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-10000:]
-    assert "Idempotence completed successfully" in output, output[-4000:]
+    assert "default > idempotence: Executed: Successful" in output, output[-4000:]
+    assert "Verifier completed successfully" in output, output[-4000:]
     assert "molecule-not-logged" not in output
