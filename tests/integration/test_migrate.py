@@ -172,7 +172,7 @@ class HeartbeatWatch:
         ]
 
     def max_gap(self, since: float = 0.0) -> float:
-        return max(gap for _, gap in self.gaps(since))
+        return max(gap for _beat, gap in self.gaps(since))
 
 
 def migrate_task(**args):
@@ -321,7 +321,7 @@ def test_destination_libvirtd_killed_mid_migration(hosts, guests, tmp_path):
         else:
             raise AssertionError("the migration never started moving data")
         os.kill(dst.libvirtd_pid, signal.SIGKILL)  # the lab started it; killed by its PID
-        out, _ = proc.communicate(timeout=300)
+        out, _err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -332,7 +332,7 @@ def test_destination_libvirtd_killed_mid_migration(hosts, guests, tmp_path):
     assert guest.wait_heartbeat(after=beat, timeout=30) > beat
     dst.restart()
     conn = None
-    for _ in range(60):
+    for _attempt in range(60):
         try:
             conn = dst.conn()
             break
