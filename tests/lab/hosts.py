@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -244,6 +245,18 @@ def _ensure_bridge() -> None:
     _run(["ip", "link", "set", BRIDGE, "up"])
 
 
+def _override_conf(path: Path, title: str, settings: dict[str, str]) -> None:
+    """Set ``settings`` in a libvirt config file, commenting out the machine's own lines.
+
+    libvirt takes the first occurrence of a key, so appending is not enough where the
+    machine's file already sets one (the virtops.kvm.host role writes listen_tcp, auth_tcp).
+    """
+    keys = re.compile(rf"^(\s*(?:{'|'.join(map(re.escape, settings))})\s*=)", re.MULTILINE)
+    text = path.read_text() if path.exists() else ""
+    ours = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    path.write_text(keys.sub(r"#\1", text) + f"\n# {title}\n" + ours)
+
+
 def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
     base = Path(host.dir)
     shutil.rmtree(base, ignore_errors=True)
@@ -258,21 +271,23 @@ def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
         shutil.copytree("/etc/libvirt/nwfilter", etc / "nwfilter")
     for sub in ("qemu/networks/autostart", "storage/autostart", "secrets", "hooks"):
         (etc / sub).mkdir(parents=True, exist_ok=True)
-    with open(etc / "libvirtd.conf", "a") as fh:
-        fh.write(
-            "\n# virtops lab host (test only: no TLS, no auth)\n"
-            f'host_uuid = "{uuid.uuid4()}"\n'
-            "listen_tls = 0\nlisten_tcp = 1\n"
-            f'listen_addr = "{host.address}"\n'
-            'auth_tcp = "none"\n'
-            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
-        )
-    with open(etc / "qemu.conf", "a") as fh:
-        fh.write(
-            "\n# virtops lab host: hosts share guest files and cgroup names; keep apart\n"
-            "cgroup_controllers = [ ]\n"
-            "remember_owner = 0\n"
-        )
+    _override_conf(
+        etc / "libvirtd.conf",
+        "virtops lab host (test only: no TLS, no auth)",
+        {
+            "host_uuid": f'"{uuid.uuid4()}"',
+            "listen_tls": "0",
+            "listen_tcp": "1",
+            "listen_addr": f'"{host.address}"',
+            "auth_tcp": '"none"',
+            "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
+        },
+    )
+    _override_conf(
+        etc / "qemu.conf",
+        "virtops lab host: hosts share guest files and cgroup names; keep apart",
+        {"cgroup_controllers": "[ ]", "remember_owner": "0"},
+    )
     lib = base / "lib"
     for rel, (owner, mode) in LIB_SKELETON.items():
         path = lib / rel
