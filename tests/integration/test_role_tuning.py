@@ -186,7 +186,7 @@ def _set_pages(count: int) -> None:
 def test_hugepages_checked_against_free_pages(playbook, libvirt_conn, tiny_guest, name_prefix):
     """Needs free+1 pages of 2 MiB: refused; one page more reserved: planned and applied."""
     if not HUGEPAGES_2M.is_dir():
-        pytest.skip("this kernel has no 2 MiB huge page pool")
+        pytest.skip(reason="this kernel has no 2 MiB huge page pool")
     tag = f"{name_prefix}-dedicated"
     guest = tiny_guest(f"{name_prefix}-hp", start=False)
     dom = libvirt_conn.lookupByName(guest.name)
@@ -194,7 +194,7 @@ def test_hugepages_checked_against_free_pages(playbook, libvirt_conn, tiny_guest
     free = int((HUGEPAGES_2M / "free_hugepages").read_text())
     need = free + 1
     if need > 4:
-        pytest.skip(f"{free} free 2 MiB pages already; this test reserves at most a few")
+        pytest.skip(reason=f"{free} free 2 MiB pages already; this test reserves at most a few")
     # memory of exactly `need` pages (the guest is never started)
     root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     for tag_name in ("memory", "currentMemory"):

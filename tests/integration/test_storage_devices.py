@@ -31,7 +31,7 @@ def _loop(tmp_path: Path, size: str = "256M") -> str:
 @pytest.fixture
 def loop_device(tmp_path, name_prefix):
     if not Path("/dev/loop-control").exists():
-        pytest.skip("no loop devices on this machine")
+        pytest.skip(reason="no loop devices on this machine")
     dev = _loop(tmp_path)
     conn = libvirt.open("qemu:///system")
     yield conn, dev
@@ -116,7 +116,7 @@ def test_fs_pool_on_loop_device(playbook, loop_device, name_prefix, tmp_path):
 
 def test_logical_pool_on_loop_device(playbook, loop_device, name_prefix):
     if not shutil.which("vgcreate"):
-        pytest.skip("LVM2 is not installed (scripts/setup.sh installs lvm2)")
+        pytest.skip(reason="LVM2 is not installed (scripts/setup.sh installs lvm2)")
     conn, dev = loop_device
     name = f"{name_prefix}-dev"
     vg = name_prefix.replace("-", "_")
