@@ -16,11 +16,11 @@ setup:
 demo: setup
 	ansible-playbook -i inventory/localhost.yml -i inventory/demo.libvirt.yml playbooks/demo.yml
 
-# The whole suite: quality gates, then one pytest run over unit, integration and lab tests
-# (the real libvirtd, booted guests, the multi-host lab and Molecule scenarios).
+# The whole suite: quality gates, then pytest over unit, integration and lab tests (the real
+# libvirtd, booted guests, the multi-host lab and Molecule scenarios); the host role's two
+# Molecule scenarios run as a second stream beside them (scripts/test.sh).
 test: setup
-	@$(MAKE) --no-print-directory lint
-	$(PYTEST) tests
+	@./scripts/test.sh
 
 # Fast tests only: no libvirtd needed beyond libvirt's test:///default driver.
 test-unit:
