@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(VENV)/collections
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test test-unit test-integration test-lab lint sanity ruff ansible-lint changelog-lint bench
+.PHONY: setup demo test test-host-molecule test-unit test-integration test-lab lint sanity ruff ansible-lint changelog-lint bench
 
 setup:
 	@./scripts/setup.sh
@@ -17,10 +17,14 @@ demo: setup
 	ansible-playbook -i inventory/localhost.yml -i inventory/demo.libvirt.yml playbooks/demo.yml
 
 # The whole suite: quality gates, then pytest over unit, integration and lab tests (the real
-# libvirtd, booted guests, the multi-host lab and Molecule scenarios); the host role's two
-# Molecule scenarios run as a second stream beside them (scripts/test.sh).
+# libvirtd, booted guests, the multi-host lab and Molecule scenarios); the host role's bridge
+# scenario runs as a second stream beside them (scripts/test.sh).
 test: setup
 	@./scripts/test.sh
+
+# Both Molecule scenarios of the host role (default: 35-50 minutes under TCG on 2 cores).
+test-host-molecule: setup
+	$(PYTEST) tests/integration/test_role_host_molecule.py
 
 # Fast tests only: no libvirtd needed beyond libvirt's test:///default driver.
 test-unit:

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# default: ~25 minutes on a busy 2-core machine (install, converge and idempotence over SSH
-# to a TCG guest); above pytest.ini's per-test timeout
+# default: 35-50 minutes on a 2-core machine (install, converge and idempotence over SSH to
+# a TCG guest), above pytest.ini's per-test timeout; `make test` runs only bridge
+# (scripts/test.sh), `make test-host-molecule` both
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("scenario", ["default", "bridge"])
 def test_host_role_molecule(scenario):
