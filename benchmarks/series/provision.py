@@ -13,9 +13,8 @@ same SSH key; each guest gets 1 GiB, 1 vCPU and an 8 GiB qcow2 overlay on the im
   the DHCP lease (``virsh net-dhcp-leases``) and for SSH (``ansible.builtin.wait_for``).
 
 The figure is the wall time of the whole ``ansible-playbook`` run. Guests, volumes and the
-pool are removed after each run, also on failure. Under TCG on a loaded 2-core machine a
-guest takes minutes to boot, so the default counts are 1, 2, 3 (``--provision-full`` for
-the issue's 1, 5, 10).
+pool are removed after each run, also on failure. Counts 1, 5 and 10 (``--provision-n``):
+about 25 minutes for both sides under TCG on 2 cores.
 """
 
 from __future__ import annotations
