@@ -7,17 +7,13 @@ converge changes nothing, verifies with testinfra and destroys the guest.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.lab
+from tests.integration.molecule_runner import molecule
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.lab
 
 
 # default: 35-50 minutes on a 2-core machine (install, converge and idempotence over SSH to
@@ -26,24 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("scenario", ["default", "bridge"])
 def test_host_role_molecule(scenario):
-    venv_bin = Path(sys.executable).parent
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{venv_bin}:{env.get('PATH', '')}",
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_NOCOLOR="1",
-        PY_COLORS="0",
-    )
-    proc = subprocess.run(
-        [str(venv_bin / "molecule"), "test", "-s", scenario],
-        cwd=ROOT / "roles" / "host",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3300,
-        check=False,
-    )
+    proc = molecule("host", "test", "-s", scenario, timeout=3300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-12000:]
     # molecule writes "[s > idempotence] Executed: ..." or "s > idempotence: Executed: ..."
