@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -48,34 +47,6 @@ TCG_WARMUP = 0.5
 
 # -- the lab -----------------------------------------------------------------------------------
 
-# Settings tests/lab/hosts.py appends to its copy of the machine's libvirtd.conf.
-_LAB_CONF_KEYS = ("host_uuid", "listen_tls", "listen_tcp", "listen_addr", "auth_tcp", "log_outputs")
-
-
-@contextlib.contextmanager
-def _lab_conf_first():
-    """Make the lab's libvirtd settings win over the machine's while the lab starts.
-
-    hosts.py appends its settings to a copy of /etc/libvirt/libvirtd.conf, but libvirt reads
-    the first occurrence of a key: on a machine whose libvirtd.conf sets ``listen_tcp = 0``
-    (as the virtops.kvm.host role writes it) the lab's daemons never listen on TCP and the
-    lab fails to start. This comments out the machine's lines for the keys the lab sets, in
-    the lab's copy only. To be dropped once hosts.py does it itself.
-    """
-    original = lab_hosts_mod._prepare_dirs
-    keys = re.compile(rf"^(\s*(?:{'|'.join(_LAB_CONF_KEYS)})\s*=)", re.MULTILINE)
-
-    def prepare(host, all_hosts):
-        original(host, all_hosts)
-        conf = Path(host.dir) / "etc" / "libvirtd.conf"
-        machine, marker, lab = conf.read_text().partition("\n# virtops lab host")
-        if marker:
-            conf.write_text(keys.sub(r"#\1", machine) + marker + lab)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lab_hosts_mod, "_prepare_dirs", prepare)
-        yield
-
 
 @dataclass
 class Site:
@@ -96,8 +67,7 @@ def site(lab_hosts_factory):
     Asked once with 3: asking ``lab_hosts`` (2) first and 3 later would restart the lab in the
     middle of the session. A connection is replaced when a test restarts a host's daemon.
     """
-    with _lab_conf_first():
-        lab = lab_hosts_factory(3)
+    lab = lab_hosts_factory(3)
     found = Site(lab.hosts, {host.uri: host.connect() for host in lab.hosts})
     yield found
     for conn in found.conns.values():
@@ -150,6 +120,22 @@ def follow(guest: TinyGuest, site: Site) -> str:
 
 def task(name: str, args: dict, **keywords) -> dict:
     return {"name": name, "virtops.kvm.migrate": args, **keywords}
+
+
+def migrate_then_repeat(playbook, args: dict):
+    """Migrate, then the same in check mode and for real: both repeats must find nothing to do."""
+    return playbook(
+        [
+            task("migrate", args),
+            task("check again", args, check_mode=True),
+            task("migrate again", args),
+        ]
+    )
+
+
+def assert_repeats_changed_nothing(run) -> None:
+    assert run.task("check again")["changed"] is False
+    assert run.task("migrate again")["changed"] is False
 
 
 def progress_events(path: Path) -> list[dict]:
@@ -225,13 +211,7 @@ def test_live_migration_keeps_the_heartbeat(
         baseline = watch.max_gap()
         before = guest.last_heartbeat()
         began = time.monotonic()
-        run = playbook(
-            [
-                task("migrate", args),
-                task("check again", args, check_mode=True),
-                task("migrate again", args),
-            ]
-        )
+        run = migrate_then_repeat(playbook, args)
         ended = time.monotonic()
         after = guest.wait_heartbeat(guest.last_heartbeat() + 2, timeout=60)
     assert run.rc == 0, run.stdout
@@ -240,8 +220,7 @@ def test_live_migration_keeps_the_heartbeat(
     assert res["location"] == dst.uri and res["state"] == "running"
     assert where(site, guest.name) == {dst.uri: "running"}
     assert site.conns[dst.uri].lookupByName(guest.name).isPersistent()
-    assert run.task("check again")["changed"] is False
-    assert run.task("migrate again")["changed"] is False
+    assert_repeats_changed_nothing(run)
 
     stats = res["stats"]
     assert stats["stats_from"] == "destination"
@@ -392,19 +371,12 @@ def test_storage_copy_between_hosts_that_share_no_storage(
         assert planned["changed"] is True and planned["volumes_created"] == [vol.path()]
         assert not dst_file.exists() and where(site, guest.name) == {src.uri: "running"}
 
-        run = playbook(
-            [
-                task("migrate", args),
-                task("check again", args, check_mode=True),
-                task("migrate again", args),
-            ]
-        )
+        run = migrate_then_repeat(playbook, args)
         assert run.rc == 0, run.stdout
         res = run.task("migrate")
         assert res["changed"] is True and res["location"] == dst.uri
         assert res["volumes_created"] == [vol.path()]
-        assert run.task("check again")["changed"] is False
-        assert run.task("migrate again")["changed"] is False
+        assert_repeats_changed_nothing(run)
         assert where(site, guest.name) == {dst.uri: "running"}
         assert dst_file.stat().st_size > 0 and src_file.exists()
 
@@ -438,18 +410,11 @@ def test_offline_migration_of_a_defined_guest(site, tiny_guest, playbook, name_p
     assert check.task("check")["changed"] is True
     assert where(site, guest.name) == {src.uri: "defined"}
 
-    run = playbook(
-        [
-            task("migrate", args),
-            task("check again", args, check_mode=True),
-            task("migrate again", args),
-        ]
-    )
+    run = migrate_then_repeat(playbook, args)
     assert run.rc == 0, run.stdout
     res = run.task("migrate")
     assert res["changed"] is True and res["location"] == dst.uri and res["state"] == "shut off"
-    assert run.task("check again")["changed"] is False
-    assert run.task("migrate again")["changed"] is False
+    assert_repeats_changed_nothing(run)
     assert where(site, guest.name) == {dst.uri: "defined"}
     guest.conn = site.conns[dst.uri]
     dom = site.conns[dst.uri].lookupByName(guest.name)
