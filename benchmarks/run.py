@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--provision-n",
         type=_ints,
         default=[1, 5, 10],
-        help="guest counts of the provisioning series (default 1,5,10; about 25 min under TCG)",
+        help="guest counts of the provisioning series (default 1,5,10; about 45 min under TCG)",
     )
     p.add_argument("--snapshot-gib", type=_ints, default=[1, 4, 16])
     p.add_argument(

@@ -14,7 +14,7 @@ same SSH key; each guest gets 1 GiB, 1 vCPU and an 8 GiB qcow2 overlay on the im
 
 The figure is the wall time of the whole ``ansible-playbook`` run. Guests, volumes and the
 pool are removed after each run, also on failure. Counts 1, 5 and 10 (``--provision-n``):
-about 25 minutes for both sides under TCG on 2 cores.
+about 45 minutes for both sides under TCG on 2 cores (N = 10 alone takes 30).
 """
 
 from __future__ import annotations
