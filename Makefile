@@ -22,7 +22,7 @@ demo: setup
 test: setup
 	@./scripts/test.sh
 
-# Both Molecule scenarios of the host role (default: 35-50 minutes under TCG on 2 cores).
+# Both Molecule scenarios of the host role (default: 25 minutes alone under TCG on 2 cores).
 test-host-molecule: setup
 	$(PYTEST) tests/integration/test_role_host_molecule.py
 

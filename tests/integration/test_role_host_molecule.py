@@ -16,8 +16,8 @@ from tests.integration.molecule_runner import molecule
 pytestmark = pytest.mark.lab
 
 
-# default: 35-50 minutes on a 2-core machine (install, converge and idempotence over SSH to
-# a TCG guest), above pytest.ini's per-test timeout; `make test` runs only bridge
+# default: 25 minutes alone on an idle 2-core machine (install, converge and idempotence over
+# SSH to a TCG guest), above pytest.ini's per-test timeout; `make test` runs only bridge
 # (scripts/test.sh), `make test-host-molecule` both
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("scenario", ["default", "bridge"])
