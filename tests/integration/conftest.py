@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
+def checkout_env(**extra: str) -> dict[str, str]:
+    """This process's environment for Ansible commands run from the checkout (its ansible.cfg and
+    the venv's link to the collection, no colours), with ``extra`` on top."""
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    env.update(extra)
+    return env
+
+
 @dataclass
 class PlaybookRun:
     rc: int
@@ -68,14 +81,10 @@ def run_playbook(
         cmd.append("--diff")
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
-    run_env = dict(os.environ)
-    run_env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
+    run_env = checkout_env(
         ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
         ANSIBLE_CALLBACKS_ENABLED="virtops_results",
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_NOCOLOR="1",
         VIRTOPS_RESULTS_FILE=str(results_file),
     )
     run_env.update(env or {})

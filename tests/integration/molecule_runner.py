@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.conftest import ROOT, VENV_BIN, checkout_env
 
 
 def molecule(role: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
     """``molecule ARGS`` in ``roles/ROLE``; output captured (no colours) for the assertions."""
-    venv_bin = Path(sys.executable).parent
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{venv_bin}:{env.get('PATH', '')}",
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_NOCOLOR="1",
-        PY_COLORS="0",
-    )
+    env = checkout_env(PY_COLORS="0")
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
     return subprocess.run(
-        [str(venv_bin / "molecule"), *args],
+        [str(VENV_BIN / "molecule"), *args],
         cwd=ROOT / "roles" / role,
         env=env,
         capture_output=True,

@@ -7,10 +7,8 @@ file filters on it, so other engineers' guests on this machine do not show.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import libvirt
@@ -22,9 +20,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (
     NS_PREFIX,
     NS_VIRTOPS,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+from tests.integration.conftest import VENV_BIN, checkout_env
 
 
 def set_tags(dom, tags: list[str]) -> None:
@@ -47,17 +43,11 @@ def set_tags(dom, tags: list[str]) -> None:
 def inventory(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / "lab.libvirt.yml"
     path.write_text(yaml.safe_dump({"plugin": "virtops.kvm.libvirt", **config}))
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".venv" / "collections"),
-        ANSIBLE_NOCOLOR="1",
-    )
     return subprocess.run(
         [str(VENV_BIN / "ansible-inventory"), "-i", str(path), *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=checkout_env(),
         timeout=300,
         check=False,
     )
