@@ -7,8 +7,10 @@
 
 One shape: find where the guest is (source, destination, both, neither) -> if it is not
 where it should be, check the destination(s) and choose one -> unless check mode, run the
-migration watched by ``MigrationJob`` -> report the figures, or clean up and say where the
-guest is when it failed.
+migration watched by ``MigrationJob`` -> ask both hosts where the guest is now (reconnecting
+when a connection broke) -> success only when the destination has it in the state asked for
+and the source confirms it no longer runs there; otherwise clean up only what is safe and
+say where the guest is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -27,7 +30,7 @@ from . import _xml
 from ._client import open_connection
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmLibvirtError, KvmValidationError, from_libvirt, is_error
-from ._migrate_job import JobOutcome, JobPolicy, MigrationJob, figures, job_active
+from ._migrate_job import JobOutcome, JobPolicy, MigrationJob, bounded, figures, job_active
 from ._migrate_place import (
     Candidate,
     CheckRequest,
@@ -42,6 +45,11 @@ try:
     import libvirt
 except ImportError:  # reported by the module wrapper
     libvirt = None
+
+try:
+    import libvirt_qemu
+except ImportError:  # shipped with libvirt-python; only verify_agent needs it
+    libvirt_qemu = None
 
 
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
@@ -74,6 +82,8 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "persistent": {"type": "bool", "default": True},
     "undefine_source": {"type": "bool", "default": True},
     "timeout": {"type": "int"},
+    "verify_agent": {"type": "bool", "default": False},
+    "verify_agent_timeout": {"type": "int", "default": 30},
     "timeout_action": {"type": "str", "default": "abort", "choices": ["abort", "postcopy"]},
     "memory_reserve_mib": {"type": "int", "default": 0},
     "check_cpu": {"type": "bool", "default": True},
@@ -109,6 +119,13 @@ STATE_NAMES = {
     7: "suspended",
 }
 
+# Default migration timeout: a base for setting up and converging, plus the data to send at
+# a conservative rate (or at the bandwidth asked for, when lower).
+TIMEOUT_BASE_S = 600
+TIMEOUT_RATE_MIB_S = 16
+# Seconds one look at a host after the job may take (a hung daemon must not hang the run).
+PROBE_WAIT = 20.0
+
 
 def validate(params: dict[str, Any]) -> None:
     """Refuse contradictory options before anything is looked at or changed."""
@@ -137,12 +154,16 @@ def validate(params: dict[str, Any]) -> None:
         "bandwidth",
         "postcopy_bandwidth",
         "parallel_connections",
-        "timeout",
+        "verify_agent_timeout",
         "postcopy_after_iterations",
         "postcopy_after_seconds",
     ):
         if p[key] is not None and p[key] <= 0:
             errors.append(f"{key} must be greater than 0")
+    if p["timeout"] is not None and p["timeout"] < 0:
+        errors.append("timeout cannot be negative (0 waits without a limit)")
+    if p["verify_agent"] and not live:
+        errors.append("verify_agent needs mode=live (an offline guest does not run)")
     for key in ("auto_converge_initial", "auto_converge_increment"):
         if p[key] is not None and not p["auto_converge"]:
             errors.append(f"{key} needs auto_converge=true")
@@ -187,6 +208,17 @@ def default_migrate_uri(dest_uri: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"tcp://{host}"
+
+
+def default_timeout(params: dict[str, Any], needs: GuestNeeds, disk_bytes: int = 0) -> int:
+    """Seconds the migration may take when ``timeout`` is not set.
+
+    ``TIMEOUT_BASE_S`` plus one second per ``TIMEOUT_RATE_MIB_S`` MiB to send (the guest's
+    memory, and the disks copied), or per ``bandwidth`` MiB when that is lower.
+    """
+    data_mib = (needs.memory_mib if params["mode"] == "live" else 0) + disk_bytes // (1 << 20)
+    rate = min(TIMEOUT_RATE_MIB_S, params["bandwidth"] or TIMEOUT_RATE_MIB_S)
+    return TIMEOUT_BASE_S + -(-data_mib // rate)
 
 
 def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, Any]]:
@@ -335,6 +367,56 @@ class Attempt:
 
 
 @dataclass
+class Seen:
+    """What one host's libvirtd says about the guest after the job."""
+
+    uri: str
+    reachable: bool = False
+    found: bool = False
+    active: bool = False
+    persistent: bool = False
+    state: int | None = None
+    dom: Any = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        if not self.reachable:
+            return "unknown (host not reachable)"
+        if not self.found:
+            return "not there"
+        state = STATE_NAMES.get(self.state, "unknown")
+        return state if self.active else f"{state} (defined)"
+
+
+_POSTCOPY_HINT = (
+    "; it had switched to post-copy, so its memory may be split between the source and "
+    "{dest}: recover it with libvirt's post-copy recovery (VIR_MIGRATE_POSTCOPY_RESUME)"
+)
+
+
+def _ask(conn, uri: str, uuid: str) -> Seen:
+    """One bounded look at the guest through ``conn`` (unreachable when the call fails)."""
+
+    def look() -> Seen:
+        dom = lookup(conn, uuid=uuid)
+        if dom is None:
+            return Seen(uri, reachable=True)
+        state = dom.state()[0]
+        return Seen(uri, True, True, bool(dom.isActive()), bool(dom.isPersistent()), state, dom)
+
+    if conn is None:
+        return Seen(uri, error="no connection")
+    called = bounded(look, PROBE_WAIT, "virtops-probe")
+    if not called.done:
+        return Seen(uri, error=f"no answer within {PROBE_WAIT:g} s")
+    if called.error is not None:
+        if not isinstance(called.error, libvirt.libvirtError):
+            raise called.error
+        return Seen(uri, error=called.error.get_error_message() or str(called.error))
+    return called.value
+
+
+@dataclass
 class Cleanup:
     notes: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
@@ -343,6 +425,9 @@ class Cleanup:
 class Migrator:
     """The ``migrate`` module's work for one guest."""
 
+    # Seconds the job may take to end once aborted before the run stops waiting for it.
+    abort_grace = 60.0
+
     def __init__(
         self,
         kvm,
@@ -350,6 +435,7 @@ class Migrator:
         opener: Callable[..., Any] = open_connection,
         overrides: dict[str, Any] | None = None,
         reservations: dict[str, int] | None = None,
+        agent: Callable[..., Any] | None = None,
     ) -> None:
         self.kvm = kvm
         # ``overrides``: the evacuation runs one Migrator per guest with its name.
@@ -363,6 +449,9 @@ class Migrator:
         self.dests: list[Destination] = []
         self.lock: PlacementLock | None = None
         self.warnings: list[str] = []
+        # libvirt_qemu.qemuAgentCommand(dom, command, timeout, flags), or a test's fake
+        self.agent = agent or (libvirt_qemu.qemuAgentCommand if libvirt_qemu else None)
+        self.fresh: list[Any] = []  # connections opened again after the job
 
     # -- connections -------------------------------------------------------------------
     def _open(self, uri: str, timeout: float | None = None):
@@ -385,13 +474,19 @@ class Migrator:
             self.dests.append(dest)
 
     def close(self) -> None:
+        for conn in self.fresh:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
         for dest in self.dests:
-            if dest.conn is not None:
+            if dest.conn is not None and all(dest.conn is not c for c in self.fresh):
                 try:
                     dest.conn.close()
                 except libvirt.libvirtError:
                     pass
                 dest.conn = None
+        self.fresh = []
         if self.lock is not None:
             self.lock.release()
 
@@ -644,13 +739,15 @@ class Migrator:
             def start():
                 return src_dom.migrate3(dconn, mig, flags)
 
+        timeout = self._timeout(att)
         policy = JobPolicy(
             max_downtime_ms=self.p["max_downtime"],
             postcopy_after_iterations=self.p["postcopy_after_iterations"],
             postcopy_after_seconds=self.p["postcopy_after_seconds"],
-            timeout=self.p["timeout"],
+            timeout=timeout or None,
             timeout_action=self.p["timeout_action"],
             poll_interval=self.p["poll_interval"],
+            abort_grace=self.abort_grace,
         )
         job = MigrationJob(
             src_dom, start, policy, on_sample=self.progress.sample, on_tick=self._tick(att)
@@ -659,24 +756,162 @@ class Migrator:
         self._release_lock()
         self.warnings.extend(outcome.warnings)
 
-        src_now = _safe_lookup(att.src, att.needs.uuid)
-        src_active = src_now is not None and _safe_active(src_now)
-        dest_now = _safe_lookup(dconn, att.needs.uuid)
-        if outcome.error is not None and not src_active and dest_now is not None:
-            if _safe_active(dest_now) or not self.live:
+        src, dest = self._look_after(att)
+        if self._arrived(dest, was_running) and src.reachable and not src.active:
+            if outcome.error is not None:
                 self.warnings.append(
                     f"The migration call reported an error ({outcome.error}) but guest {name} "
-                    f"is on {uri} and no longer on the source"
+                    f"is {dest.describe()} on {uri} and the source confirms it is no longer "
+                    "running there"
                 )
-                outcome.error = None
-        if outcome.error is None:
-            return self._succeeded(att, src_now, dest_now)
+            self._drop_source_leftover(att, src)
+            result = self._succeeded(att, src.dom, dest.dom)
+            result["stats"]["requested"]["timeout_s"] = timeout or None
+            if self.p["verify_agent"]:
+                result.update(self._verify_agent(att, dest, result))
+            return result
+        self._fail(att, src, dest, was_running, timeout)
 
-        cleanup = self._cleanup(att)
-        if src_active and was_running and not outcome.postcopy_started:
-            cleanup.notes[:0] = self._resume_if_paused(src_now)
-        where = self._where(att, src_now)
-        reason = str(outcome.error)
+    def _timeout(self, att: Attempt) -> int:
+        """The ``timeout`` asked for, else ``default_timeout`` for this guest (0: no limit)."""
+        if self.p["timeout"] is not None:
+            return self.p["timeout"]
+        disk_bytes = 0
+        if self.live and self.p["storage_copy"] != "none":
+            for disk in att.needs.disks:
+                if not disk.copyable or (
+                    self.p["copy_disks"] and disk.target not in self.p["copy_disks"]
+                ):
+                    continue
+                try:
+                    disk_bytes += int(att.src_dom.blockInfo(disk.target)[1])
+                except libvirt.libvirtError:
+                    continue
+        return default_timeout(self.p, att.needs, disk_bytes)
+
+    # -- where the guest is after the job ----------------------------------------------
+    def _look_after(self, att: Attempt) -> tuple[Seen, Seen]:
+        src, att.src = self._look(att.src, self.p["uri"], att.needs.uuid)
+        dest, conn = self._look(att.dest.conn, att.dest.uri, att.needs.uuid)
+        if conn is not None:
+            att.dest.conn = conn
+        return src, dest
+
+    def _look(self, conn, uri: str, uuid: str) -> tuple[Seen, Any]:
+        """What the host at ``uri`` says about the guest, and the connection that said it.
+
+        A connection that broke during the job is replaced by a fresh one (bounded by
+        ``connect_timeout`` and ``PROBE_WAIT``); when that fails too, the host's answer is
+        unknown, never "not there".
+        """
+        if conn is not None:
+            seen = _ask(conn, uri, uuid)
+            if seen.reachable:
+                return seen, conn
+        wait = min(float(self.p["connect_timeout"]), PROBE_WAIT)
+        opened = bounded(lambda: self._open(uri, timeout=wait), wait + PROBE_WAIT, "virtops-open")
+        if not opened.done:
+            return Seen(
+                uri, error=f"connecting did not answer within {wait + PROBE_WAIT:g} s"
+            ), None
+        if opened.error is not None:
+            if not isinstance(opened.error, KvmError):
+                raise opened.error
+            return Seen(uri, error=opened.error.msg), None
+        self.fresh.append(opened.value)
+        seen = _ask(opened.value, uri, uuid)
+        return seen, opened.value if seen.reachable else None
+
+    def _arrived(self, dest: Seen, was_running: bool) -> bool:
+        """Whether the destination has the guest in the state the migration should leave."""
+        if not dest.found:
+            return False
+        if not self.live:
+            return dest.persistent and not dest.active
+        return dest.state == libvirt.VIR_DOMAIN_RUNNING if was_running else dest.active
+
+    def _drop_source_leftover(self, att: Attempt, src: Seen) -> None:
+        """Remove a stopped definition the job left on the source despite undefine_source.
+
+        libvirt removes it at the very end of a job with VIR_MIGRATE_UNDEFINE_SOURCE, a step a
+        job cut short (the source connection broke) never reaches.
+        """
+        if not (src.found and self.p["undefine_source"]):
+            return
+        name, uri = self.p["name"], att.chosen.uri
+        try:
+            src.dom.undefine()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(
+                exc,
+                f"remove the stopped definition of guest {name} from the source {self.p['uri']}"
+                f" (the guest moved and runs on {uri}; do not start it on the source: running "
+                "the module again removes that definition)",
+                location=uri,
+                changed=True,
+            ) from exc
+        self.warnings.append(
+            f"The stopped definition of guest {name} that the migration left on the source "
+            f"{self.p['uri']} was removed (undefine_source=true)"
+        )
+
+    def _fail(self, att: Attempt, src: Seen, dest: Seen, was_running: bool, timeout: int):
+        """Clean up what is safe to clean up, then raise saying where the guest is."""
+        name, uri, src_uri = self.p["name"], att.chosen.uri, self.p["uri"]
+        outcome = att.outcome
+        notes: list[str] = []
+        leftovers: list[str] = []
+        location: str | None
+        if dest.found and dest.state == libvirt.VIR_DOMAIN_RUNNING:
+            # The guest runs on the destination: never destroy it there nor resume the source.
+            location, state = uri, dest.describe()
+            if not src.reachable:
+                where = (
+                    f"Guest {name} is running on {uri}, but the source {src_uri} cannot be "
+                    f"reached to confirm it stopped there ({src.error}). Check the source "
+                    "before anything starts the guest there again"
+                )
+            else:
+                where = (
+                    f"Guest {name} is running on {uri}, and the source {src_uri} still shows it "
+                    f"{src.describe()}: the guest lives on {uri} now; do not resume it on the "
+                    "source"
+                )
+        elif src.reachable and src.active:
+            location, state = src_uri, src.describe()
+            cleanup = self._cleanup(att)
+            notes, leftovers = cleanup.notes, cleanup.leftovers
+            if outcome.stuck:
+                notes.insert(0, "The job had not ended, so the source was not resumed.")
+            elif was_running and not outcome.postcopy_started:
+                notes[:0] = self._resume_if_paused(src.dom)
+                state = _ask(att.src, src_uri, att.needs.uuid).describe()
+            where = f"Guest {name} is still {state} on the source {src_uri}"
+            if outcome.postcopy_started:
+                where += _POSTCOPY_HINT.format(dest=uri)
+        elif not src.reachable:
+            location, state = None, "unknown"
+            where = (
+                f"The source {src_uri} cannot be reached ({src.error}) and guest {name} is "
+                f"{dest.describe()} on {uri}: where it runs is not confirmed. A guest's QEMU "
+                "process does not need libvirtd, so it most likely still runs on the source; "
+                "check there (libvirtd finds its guests again when it starts). The destination "
+                "was left as it is"
+            )
+        else:
+            location = uri if dest.found else (src_uri if src.found else None)
+            state = dest.describe() if dest.found else src.describe()
+            where = (
+                f"Guest {name} is {dest.describe()} on {uri} and {src.describe()} on the source "
+                f"{src_uri}; nothing was cleaned up"
+            )
+            if outcome.postcopy_started:
+                where += _POSTCOPY_HINT.format(dest=uri)
+        if outcome.error is not None:
+            reason = str(outcome.error)
+        else:
+            wanted = "running" if self.live and was_running else "there"
+            reason = f"the call returned, but the guest is not {wanted} on the destination alone"
         if "Postcopy is not supported" in reason:
             reason += (
                 " (the destination's QEMU cannot use userfaultfd: the destination host needs "
@@ -684,19 +919,63 @@ class Migrator:
             )
         if outcome.timed_out:
             events = "; ".join(outcome.events)
-            reason = f"timed out after {self.p['timeout']} s ({events}): {reason}"
+            reason = f"timed out after {timeout} s ({events}): {reason}"
         self.progress.event("failed", error=reason, location=where)
         code = outcome.error.get_error_code() if hasattr(outcome.error, "get_error_code") else None
         raise KvmLibvirtError(
-            f"Migration of guest {name} to {uri} failed: {reason}. {where}. "
-            + " ".join(cleanup.notes),
+            f"Migration of guest {name} to {uri} failed: {reason}. {where}. " + " ".join(notes),
             code=code,
-            libvirt_message=str(outcome.error),
-            location=self.p["uri"] if src_active else None,
+            libvirt_message=str(outcome.error) if outcome.error is not None else None,
+            location=location,
+            state=state,
+            source_state=src.describe(),
+            dest_state=dest.describe(),
+            changed=location == uri,
             stats=figures(outcome.last_stats),
             events=outcome.events,
-            leftovers=cleanup.leftovers,
+            leftovers=leftovers,
             progress=self.progress.samples,
+        )
+
+    def _verify_agent(self, att: Attempt, dest: Seen, result: dict[str, Any]) -> dict[str, Any]:
+        """Ping the guest agent on the destination until it answers or the time is up."""
+        name, uri, wait = self.p["name"], att.chosen.uri, self.p["verify_agent_timeout"]
+        if self.agent is None:
+            raise KvmError(
+                f"Guest {name} moved to {uri}, but verify_agent needs the libvirt_qemu module "
+                "of libvirt-python, which is missing",
+                location=uri,
+                changed=True,
+            )
+        began = time.monotonic()
+        deadline = began + wait
+        last = "no answer"
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.agent(dest.dom, '{"execute":"guest-ping"}', max(1, min(5, int(left))), 0)
+            except libvirt.libvirtError as exc:
+                last = exc.get_error_message() or str(exc)
+                # No agent channel, or the guest is gone: waiting cannot help.
+                if is_error(exc, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_NO_DOMAIN):
+                    break
+            else:
+                took = round(time.monotonic() - began, 3)
+                self.progress.event("verified", location=uri, agent_s=took)
+                return {"verified_agent_s": took}
+            if time.monotonic() + 1 >= deadline:
+                break
+            time.sleep(1)
+        now = _ask(att.dest.conn, uri, att.needs.uuid)
+        self.progress.event("verify_failed", location=uri, error=last)
+        raise KvmError(
+            f"Guest {name} moved to {uri} and is {now.describe()} there, but its QEMU guest "
+            f"agent did not answer a ping within {wait} s ({last}). The guest is on {uri}; "
+            f"the source {self.p['uri']} no longer runs it",
+            location=uri,
+            state=now.describe(),
+            changed=True,
+            stats=result.get("stats"),
         )
 
     def _release_lock(self) -> None:
@@ -767,18 +1046,6 @@ class Migrator:
         except libvirt.libvirtError as exc:
             return [f"The guest is paused on the source and could not be resumed: {exc}."]
         return ["The guest was paused on the source and has been resumed."]
-
-    def _where(self, att: Attempt, src_now) -> str:
-        name = self.p["name"]
-        if src_now is not None and _safe_active(src_now):
-            return f"Guest {name} is still {state_name(src_now)} on the source {self.p['uri']}"
-        if att.outcome.postcopy_started:
-            return (
-                f"Guest {name} had switched to post-copy: its memory is split between the "
-                f"source and {att.dest.uri}; recover it with libvirt's post-copy recovery "
-                "(VIR_MIGRATE_POSTCOPY_RESUME)"
-            )
-        return f"Guest {name} is not running on the source {self.p['uri']}"
 
     def _cleanup(self, att: Attempt) -> Cleanup:
         """Remove what this run left on the destination, only while the guest is on the source."""
@@ -862,13 +1129,6 @@ def _same_host(conn_a, conn_b) -> bool:
         return False
     try:
         return host_uuid(conn_a) == host_uuid(conn_b)
-    except libvirt.libvirtError:
-        return False
-
-
-def _safe_active(dom) -> bool:
-    try:
-        return bool(dom.isActive())
     except libvirt.libvirtError:
         return False
 

@@ -10,6 +10,11 @@ worker thread while the calling thread polls the source domain's job statistics:
 the maximum downtime once the job exists, switches to post-copy when asked (after N memory
 iterations or N seconds), enforces the timeout (abort, or switch to post-copy), and hands
 every sample to a progress callback.
+
+Nothing here waits without a bound once the job is aborted: ``abortJob`` runs in a thread of
+its own (it can hang with a daemon that no longer answers), and when the job has not ended
+``abort_grace`` seconds after the abort, ``run`` returns with ``stuck`` set and leaves the
+blocked call behind in its daemon thread.
 """
 
 from __future__ import annotations
@@ -69,6 +74,41 @@ def has_figures(stats: dict[str, Any] | None) -> bool:
     return bool(stats.get("data_total") or stats.get("data_processed"))
 
 
+class JobStuck(Exception):
+    """The migration call had not returned ``abort_grace`` seconds after the job was aborted."""
+
+
+@dataclass
+class Called:
+    """The end of a call made by ``bounded``: ``done`` is False when it outlasted its wait."""
+
+    done: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+def bounded(func: Callable[[], Any], seconds: float, name: str = "virtops-call") -> Called:
+    """Run ``func()`` in a daemon thread and wait at most ``seconds`` for it.
+
+    A call that outlasts the wait is left running (a daemon thread does not keep the
+    process alive) and reported as not done; its result is dropped.
+    """
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = func()
+        except BaseException as exc:  # handed to the caller, who knows what to expect
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0))
+    if thread.is_alive():
+        return Called(False)
+    return Called(True, box.get("value"), box.get("error"))
+
+
 @dataclass
 class JobPolicy:
     """What to do while the job runs; all times in seconds."""
@@ -79,6 +119,8 @@ class JobPolicy:
     timeout: float | None = None
     timeout_action: str = "abort"  # or "postcopy"
     poll_interval: float = 1.0
+    abort_grace: float = 60.0  # how long the job may take to end once aborted
+    abort_call_wait: float = 10.0  # how long one abortJob call may take to answer
 
 
 @dataclass
@@ -91,6 +133,8 @@ class JobOutcome:
     postcopy_reason: str | None = None
     timed_out: bool = False
     aborted: bool = False
+    abort_started: float | None = None  # elapsed seconds when the abort was asked
+    stuck: bool = False  # the call had not returned abort_grace seconds after the abort
     max_downtime_applied: bool = False
     # The completed job's statistics no longer say how hard auto-converge throttled the
     # vCPUs, nor (with the destination's figures) how much disk data went: the highest
@@ -126,14 +170,16 @@ class MigrationJob:
         self.clock = clock
         self._outcome = JobOutcome()
         self._finished = False
+        # Set by the worker only; run() copies them once the worker has ended, so a worker
+        # left behind (stuck) cannot change an outcome already returned.
+        self._result: Any = None
+        self._error: BaseException | None = None
 
     def _work(self) -> None:
         try:
-            result = self.start()
+            self._result = self.start()
         except libvirt.libvirtError as exc:
-            self._outcome.error = exc
-        else:
-            self._outcome.result = result
+            self._error = exc
         # Not reached when start() raised something unexpected: run() reports that.
         self._finished = True
 
@@ -169,6 +215,14 @@ class MigrationJob:
             worker.join(policy.poll_interval)
             elapsed = self.clock() - began
             if not worker.is_alive():
+                out.result, out.error = self._result, self._error
+                break
+            if out.abort_started is not None and elapsed - out.abort_started >= policy.abort_grace:
+                out.stuck = True
+                out.error = JobStuck(
+                    f"the migration job had not ended {policy.abort_grace:g} s after it was aborted"
+                )
+                self._event(f"job still not ended {policy.abort_grace:g} s after the abort")
                 break
             stats = self._stats()
             if job_active(stats):
@@ -223,9 +277,19 @@ class MigrationJob:
                 self._postcopy(f"timeout of {policy.timeout:g} s")
                 if out.postcopy_started:
                     return
-            try:
-                self.dom.abortJob()
-                out.aborted = True
-                self._event("job aborted")
-            except libvirt.libvirtError as exc:
-                out.warnings.append(f"Could not abort the migration job: {exc}")
+            self._abort(elapsed)
+
+    def _abort(self, elapsed: float) -> None:
+        out = self._outcome
+        out.abort_started = elapsed
+        wait = self.policy.abort_call_wait
+        called = bounded(self.dom.abortJob, wait, "virtops-abort")
+        if not called.done:
+            out.warnings.append(f"Aborting the migration job did not answer within {wait:g} s")
+            self._event("abort not answered")
+        elif called.error is not None:
+            out.warnings.append(f"Could not abort the migration job: {called.error}")
+            self._event(f"abort refused: {called.error}")
+        else:
+            out.aborted = True
+            self._event("job aborted")

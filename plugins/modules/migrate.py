@@ -19,11 +19,22 @@ description:
     no other guest of the same name, has the guest's networks active, its storage pools active,
     a pool to receive each copied disk (O(storage_copy)), enough memory, and a CPU that can
     run the guest's CPU model. Bridges named by the guest's interfaces are not checked.
+  - Succeeds only when both hosts say the guest moved - the destination has it running (or
+    paused, when it was paused on the source; with O(mode=offline), defined and stopped) and
+    the source confirms it no longer runs there. With O(undefine_source=true) a stopped
+    definition the job left on the source is removed then. When a connection broke during
+    the job, the module opens a fresh one (within O(connect_timeout), at most 20 seconds) to
+    ask. A host that cannot be asked is never taken as an answer; the module fails and
+    says what is known, for example that the guest runs on the destination and the source
+    could not be reached to confirm it stopped there.
   - A failed migration never loses the guest. When the destination dies, the network
     drops or O(timeout) is reached with O(timeout_action=abort), the guest keeps running on
     the source, what this run created on the destination (the unfinished guest, its
     definition, the volumes it created) is removed, and the module fails saying what
-    happened and where the guest is.
+    happened and where the guest is (RV(location) and RV(state), with C(source_state) and
+    C(dest_state), in the failed result). A guest
+    running on the destination is never destroyed there, and a paused source is resumed
+    only when the destination does not run the guest.
   - Progress of a running migration is written every O(poll_interval) seconds as a JSON
     line to O(progress_file) (follow it with C(tail -f)) and to the module log of the host
     running the module (syslog or journal, when there is one). The module works with
@@ -217,8 +228,32 @@ options:
     default: true
   timeout:
     description:
-      - Seconds the migration may take. Then O(timeout_action) applies. No limit when not set.
+      - Seconds the migration may take. Then O(timeout_action) applies.
+      - When not set, 600 seconds plus one second for every 16 MiB to send (the guest's
+        memory, and with O(storage_copy) the allocation of the disks copied), or for every
+        O(bandwidth) MiB when that is lower. RV(stats.requested.timeout_s) says which
+        timeout applied.
+      - V(0) waits without a limit.
+      - With O(timeout_action=abort), the job is aborted (C(abortJob)) and the module waits
+        at most 60 more seconds for it to end. If it has not ended then (the abort was
+        refused, or the source's libvirtd no longer answers), the module stops waiting, asks
+        both hosts where the guest is and fails saying so; the source guest is then not
+        resumed.
     type: int
+  verify_agent:
+    description:
+      - After the switch-over, ping the guest's QEMU guest agent on the destination
+        (C(guest-ping)) until it answers, for at most O(verify_agent_timeout) seconds.
+      - When it does not answer (or the guest has no agent channel), the module fails
+        naming the destination host and the guest's state there; the guest has moved and
+        is not moved back.
+      - Needs O(mode=live) and the agent installed and running in the guest.
+    type: bool
+    default: false
+  verify_agent_timeout:
+    description: Seconds O(verify_agent) waits for the guest agent to answer.
+    type: int
+    default: 30
   timeout_action:
     description:
       - V(abort) cancels the migration; the guest keeps running on the source and the
@@ -289,6 +324,14 @@ EXAMPLES = r"""
     postcopy: true
     timeout: 120
     timeout_action: postcopy
+
+- name: Move web2 and check that its guest agent answers on the destination
+  virtops.kvm.migrate:
+    uri: qemu+ssh://root@kvm1.example.com/system
+    name: web2
+    dest_uri: qemu+ssh://root@kvm2.example.com/system
+    verify_agent: true
+    verify_agent_timeout: 60
 
 - name: Move the definition of a stopped guest
   virtops.kvm.migrate:
@@ -401,7 +444,9 @@ stats:
       description: Whether the migration switched to post-copy.
       type: bool
     requested:
-      description: The O(max_downtime) and O(bandwidth) asked for.
+      description:
+        - The O(max_downtime) and O(bandwidth) asked for, and C(timeout_s), the migration
+          timeout that applied (null when there was none).
       type: dict
   sample:
     total_time_ms: 1210
@@ -411,7 +456,7 @@ stats:
     elapsed_s: 1.6
     stats_from: destination
     postcopy_started: false
-    requested: {max_downtime_ms: 300, bandwidth_mib_s: null}
+    requested: {max_downtime_ms: 300, bandwidth_mib_s: null, timeout_s: 616}
 progress:
   description: Samples taken while the migration ran (at most 60, thinned evenly).
   returned: when a guest was migrated
@@ -434,6 +479,11 @@ remaining:
   returned: with O(all_running=true)
   type: list
   elements: str
+verified_agent_s:
+  description: With O(verify_agent=true), seconds until the guest agent on the destination answered.
+  returned: when the guest was migrated with O(verify_agent=true)
+  type: float
+  sample: 0.4
 volumes_created:
   description:
     - Destination volumes created for O(storage_copy) (in check mode, those it would create).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import libvirt
@@ -19,6 +20,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
     Progress,
     build_call,
     default_migrate_uri,
+    default_timeout,
     validate,
     volume_xml,
 )
@@ -82,6 +84,9 @@ def migrator(hosts, *, check_mode=False, diff_mode=False, **overrides):
         ({"auto_converge_initial": 20}, "needs auto_converge=true"),
         ({"auto_converge": True, "auto_converge_increment": 150}, "between 1 and 100"),
         ({"dest_uri": None, "dest_candidates": []}, "dest_candidates is empty"),
+        ({"timeout": -1}, "timeout cannot be negative"),
+        ({"mode": "offline", "verify_agent": True}, "verify_agent needs mode=live"),
+        ({"verify_agent": True, "verify_agent_timeout": 0}, "verify_agent_timeout must be"),
     ],
 )
 def test_validate_refuses_contradictions(overrides, message):
@@ -589,3 +594,222 @@ def test_error_after_the_guest_arrived_is_not_a_failure(hosts):
     result = migrator(hosts).run()
     assert result["changed"] and result["location"] == DST
     assert "connection closed during finish" in result["warnings"][0]
+
+
+# -- success needs both hosts' word (issue 13) -----------------------------------------------
+
+
+def _arrive_then_lose_the_source(src, dest, *, keep_source_definition=False, dest_paused=False):
+    """A migrate_impl: the guest arrives on ``dest``, then the source connection breaks."""
+
+    def impl(dom, uri, params, flags):
+        moved = dest.add(dom.name(), uuid=dom.uuid)
+        moved.paused = dest_paused
+        dom.active = False
+        if not keep_source_definition:
+            src.domains.pop(dom.name(), None)
+        src.alive = False
+        raise error(libvirt.VIR_ERR_SYSTEM_ERROR, "End of file while reading data")
+
+    return impl
+
+
+def test_source_lost_with_the_guest_running_on_the_destination_is_a_failure(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = _arrive_then_lose_the_source(hosts[SRC], hosts[DST])
+    with pytest.raises(KvmLibvirtError) as info:
+        migrator(hosts).run()
+    msg = info.value.msg
+    assert f"Guest g1 is running on {DST}" in msg
+    assert f"the source {SRC} cannot be reached to confirm" in msg
+    details = info.value.details
+    assert details["location"] == DST and details["state"] == "running"
+    assert details["source_state"].startswith("unknown") and details["changed"] is True
+    assert hosts[DST].domains["g1"].active  # the only copy is left alone
+    assert ("destroy", "g1") not in hosts[DST].calls
+
+
+def test_source_connection_lost_but_the_host_confirms_the_guest_is_gone(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = _arrive_then_lose_the_source(hosts[SRC], hosts[DST])
+    again = FakeHost(SRC)  # a fresh connection to the same host
+    again.domains = hosts[SRC].domains
+    result = migrator(dict(hosts, **{SRC: again})).run()
+    assert result["changed"] and result["location"] == DST and result["state"] == "running"
+    assert "End of file" in result["warnings"][0]
+
+
+def test_leftover_source_definition_is_removed_when_the_job_was_cut_short(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = _arrive_then_lose_the_source(
+        hosts[SRC], hosts[DST], keep_source_definition=True
+    )
+    again = FakeHost(SRC)
+    again.domains = hosts[SRC].domains
+    result = migrator(dict(hosts, **{SRC: again})).run()
+    assert result["location"] == DST
+    assert "g1" not in hosts[SRC].domains and ("undefine", "g1") in hosts[SRC].calls
+    assert any("was removed (undefine_source=true)" in w for w in result["warnings"])
+
+
+def test_leftover_source_definition_stays_without_undefine_source(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = _arrive_then_lose_the_source(
+        hosts[SRC], hosts[DST], keep_source_definition=True
+    )
+    again = FakeHost(SRC)
+    again.domains = hosts[SRC].domains
+    result = migrator(dict(hosts, **{SRC: again}), undefine_source=False).run()
+    assert result["location"] == DST
+    assert not hosts[SRC].domains["g1"].active and hosts[SRC].domains["g1"].persistent
+
+
+def test_guest_paused_on_the_destination_is_not_a_success(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = _arrive_then_lose_the_source(hosts[SRC], hosts[DST], dest_paused=True)
+    again = FakeHost(SRC)
+    again.domains = hosts[SRC].domains
+    with pytest.raises(KvmLibvirtError) as info:
+        migrator(dict(hosts, **{SRC: again})).run()
+    assert f"Guest g1 is paused on {DST} and not there on the source {SRC}" in info.value.msg
+    assert info.value.details["location"] == DST and info.value.details["state"] == "paused"
+    assert hosts[DST].domains["g1"].active and ("destroy", "g1") not in hosts[DST].calls
+
+
+def test_running_on_the_destination_and_paused_on_the_source_resumes_nothing(hosts):
+    dom = hosts[SRC].add("g1")
+
+    def switched_over_then_failed(d, uri, params, flags):
+        hosts[DST].add("g1")
+        d.paused = True  # what QEMU leaves on the source after the switch-over
+        raise error(libvirt.VIR_ERR_OPERATION_FAILED, "confirm phase failed")
+
+    dom.migrate_impl = switched_over_then_failed
+    with pytest.raises(KvmLibvirtError) as info:
+        migrator(hosts).run()
+    assert "do not resume it on the source" in info.value.msg
+    assert info.value.details["location"] == DST
+    assert dom.paused and hosts[DST].domains["g1"].active
+    assert ("destroy", "g1") not in hosts[DST].calls
+
+
+def test_stuck_job_after_a_refused_abort_is_bounded(hosts):
+    dom = hosts[SRC].add("g1")
+    release = threading.Event()
+
+    def never_ends(d, uri, params, flags):
+        d.stats = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "memory_iteration": 1}
+        release.wait(30)
+        raise error(libvirt.VIR_ERR_OPERATION_ABORTED, "too late")
+
+    def refuse():
+        raise error(libvirt.VIR_ERR_OPERATION_INVALID, "cannot abort in this phase")
+
+    dom.migrate_impl = never_ends
+    dom.abortJob = refuse
+    m = migrator(hosts, timeout=1)
+    m.abort_grace = 0.5
+    began = time.monotonic()
+    try:
+        with pytest.raises(KvmLibvirtError) as info:
+            m.run()
+    finally:
+        release.set()
+    assert time.monotonic() - began < 5
+    msg = info.value.msg
+    assert "had not ended 0.5 s after it was aborted" in msg and "cannot abort" in msg
+    assert "still running on the source" in msg and "was not resumed" in msg
+    assert info.value.details["location"] == SRC
+
+
+def test_job_with_a_hanging_abort_returns_in_bounded_time(hosts):
+    dom = hosts[SRC].add("g1")
+    release = threading.Event()
+
+    def hang():
+        release.wait(30)
+
+    dom.abortJob = hang
+    dom.migrate_impl = lambda d, uri, params, flags: release.wait(30)
+    policy = JobPolicy(timeout=0.2, poll_interval=0.02, abort_grace=0.5, abort_call_wait=0.2)
+    try:
+        outcome = MigrationJob(dom, lambda: dom.migrateToURI3(DST, {}, 0), policy).run()
+    finally:
+        release.set()
+    assert outcome.stuck and not outcome.aborted and outcome.elapsed < 3
+    assert "did not answer within 0.2 s" in outcome.warnings[0]
+    assert "job still not ended 0.5 s after the abort" in outcome.events
+
+
+def test_default_timeout_scales_with_the_data_to_send():
+    needs = GuestNeeds("g1", UUID, memory_kib=1024 * 1024)
+    assert default_timeout(params(), needs) == 600 + 64
+    assert default_timeout(params(bandwidth=2), needs) == 600 + 512
+    assert default_timeout(params(storage_copy="all"), needs, 16 << 30) == 600 + 64 + 1024
+    assert default_timeout(params(mode="offline"), needs) == 600
+
+
+def test_the_default_timeout_applies_and_zero_means_none(hosts):
+    dom = hosts[SRC].add("g1", mem_mib=256)
+    dom.migrate_impl = move(hosts[SRC], hosts[DST])
+    assert migrator(hosts).run()["stats"]["requested"]["timeout_s"] == 600 + 16
+    hosts[SRC].add("g2", uuid="22222222-0000-0000-0000-000000000000").migrate_impl = move(
+        hosts[SRC], hosts[DST]
+    )
+    assert migrator(hosts, name="g2", timeout=0).run()["stats"]["requested"]["timeout_s"] is None
+
+
+def _agent(answers):
+    """A fake qemuAgentCommand: each call takes the next answer (an exception or a reply)."""
+    calls = []
+
+    def agent(dom, command, timeout, flags):
+        calls.append((dom.name(), command, timeout))
+        answer = answers.pop(0) if answers else answers_last[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    answers_last = [answers[-1]]
+    agent.calls = calls
+    return agent
+
+
+def test_verify_agent_waits_for_the_agent_on_the_destination(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = move(hosts[SRC], hosts[DST])
+    agent = _agent(
+        [error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE, "agent not connected"), '{"return":{}}']
+    )
+    kvm = FakeKvm(params(verify_agent=True, verify_agent_timeout=10), hosts[SRC])
+    result = Migrator(kvm, opener=opener_for(hosts), agent=agent).run()
+    assert result["location"] == DST and 0.9 < result["verified_agent_s"] < 5
+    assert agent.calls[-1][:2] == ("g1", '{"execute":"guest-ping"}')
+    assert hosts[DST].domains["g1"] is not dom  # asked on the destination
+
+
+def test_verify_agent_failure_names_where_the_guest_is(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = move(hosts[SRC], hosts[DST])
+    agent = _agent([error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE, "agent not connected")])
+    kvm = FakeKvm(params(verify_agent=True, verify_agent_timeout=2), hosts[SRC])
+    with pytest.raises(KvmError) as info:
+        Migrator(kvm, opener=opener_for(hosts), agent=agent).run()
+    msg = info.value.msg
+    assert f"Guest g1 moved to {DST} and is running there" in msg
+    assert "did not answer a ping within 2 s (agent not connected)" in msg
+    assert info.value.details["location"] == DST and info.value.details["changed"] is True
+    assert hosts[DST].domains["g1"].active and len(agent.calls) >= 2
+
+
+def test_verify_agent_without_an_agent_fails_at_once(hosts):
+    dom = hosts[SRC].add("g1")
+    dom.migrate_impl = move(hosts[SRC], hosts[DST])
+    agent = _agent(
+        [error(libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured")]
+    )
+    kvm = FakeKvm(params(verify_agent=True, verify_agent_timeout=30), hosts[SRC])
+    began = time.monotonic()
+    with pytest.raises(KvmError, match="agent is not configured"):
+        Migrator(kvm, opener=opener_for(hosts), agent=agent).run()
+    assert time.monotonic() - began < 5 and len(agent.calls) == 1
