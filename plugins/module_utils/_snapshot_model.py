@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import _xml
-from ._errors import KvmValidationError, from_libvirt, is_error
+from ._errors import KvmError, KvmValidationError, from_libvirt, is_error
 
 try:
     import libvirt
@@ -295,10 +295,15 @@ def is_local_uri(uri: str) -> bool:
 
 
 def backing_chain_offline(path: str) -> list[str]:
-    """The backing chain of an image not in use by a running guest (``qemu-img info``)."""
+    """The backing chain of an image not in use by a running guest (``qemu-img info``).
+
+    Raises when it cannot be read: a chain cut short would make images below look unused.
+    """
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
-        return [path]
+        raise KvmValidationError(
+            f"qemu-img is needed on the KVM host to read the backing chain of {path}"
+        )
     proc = subprocess.run(
         [qemu_img, "info", "-U", "--backing-chain", "--output=json", path],
         capture_output=True,
@@ -306,7 +311,7 @@ def backing_chain_offline(path: str) -> list[str]:
         check=False,
     )
     if proc.returncode != 0:
-        return [path]
+        raise KvmError(f"Cannot read the backing chain of {path}: {proc.stderr.strip()}")
     data = json.loads(proc.stdout)
     if isinstance(data, dict):
         data = [data]
