@@ -11,6 +11,7 @@ one playbook (check, apply, check, apply) and ``changed`` is asserted each time.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -418,6 +419,137 @@ def test_external_retention_keeps_n_and_all_data(tiny, playbook, tmp_path):
     on_disk = image_markers(Path(base), tmp_path)
     assert {k: v.strip() for k, v in on_disk.items()} == {f"m{i}": f"data {i}" for i in range(1, 5)}
     assert sorted(p.name for p in guest.files.dir.glob("*.qcow2")) == ["marker.qcow2"]
+
+
+def failing_qemu_img(folder: Path) -> dict[str, str]:
+    """The environment of a run whose ``qemu-img create`` fails (other commands work)."""
+    folder.mkdir()
+    wrapper = folder / "qemu-img"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = create ]; then echo "qemu-img: injected failure" >&2; exit 1; fi\n'
+        f'exec {shutil.which("qemu-img")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.lab
+def test_failed_overlay_create_in_a_revert_leaves_the_running_guest_on_its_overlay(
+    tiny, playbook, tmp_path
+):
+    """Issue 13 item 7: qemu-img failing in an external revert. The new overlay is made
+    before anything else changes, so the guest keeps running on its overlay, with the data
+    written after the snapshot, and starts again afterwards."""
+    guest = tiny()
+    dom = guest.dom
+    guest.write_marker("A", "alpha")
+    assert one(playbook, {"domain": guest.name, "name": "x1", "kind": "external"})["changed"]
+    overlay = disk_source(dom)
+    guest.write_marker("B", "beta")  # after the snapshot: in the overlay
+    files_before = image_files(guest)
+
+    t0 = time.monotonic()
+    run = playbook(
+        [
+            {
+                "name": "t",
+                "virtops.kvm.snapshot": {"domain": guest.name, "name": "x1", "state": "reverted"},
+                "ignore_errors": True,
+            }
+        ],
+        env=failing_qemu_img(tmp_path / "bin"),
+    )
+    res = task_result(run, "t")
+    print(f"failed external revert: {time.monotonic() - t0:.1f}s")
+    assert res["failed"], res
+    assert "failed and was undone; the guest was not touched" in res["msg"], res["msg"]
+    assert "injected failure" in res["msg"] and overlay in res["msg"], res["msg"]
+
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING  # never stopped
+    assert disk_source(dom) == overlay and Path(overlay).exists()
+    assert image_files(guest) == files_before
+    assert hidden_files(Path(overlay).parent) == []
+    assert guest.read_marker("A").strip() == "alpha"
+    assert guest.read_marker("B").strip() == "beta"
+
+    shutdown(guest)
+    boot_again(guest)
+    assert guest.read_marker("A").strip() == "alpha"
+    assert guest.read_marker("B").strip() == "beta"
+
+    # With a working qemu-img the same revert goes through.
+    res = one(playbook, {"domain": guest.name, "name": "x1", "state": "reverted"})
+    assert res["changed"] and not res["failed"], res.get("msg")
+    boot_again(guest)
+    assert guest.read_marker("A").strip() == "alpha"
+    assert not has_marker(guest, "B")
+
+
+@pytest.fixture
+def small_tmpfs(name_prefix):
+    """``small_tmpfs(size)``: a tmpfs mounted on a new directory the guests' QEMU can reach;
+    unmounted and removed at teardown (name it before ``tiny`` in a test's arguments: it is
+    then torn down after the test's guests)."""
+    mounts: list[Path] = []
+
+    def _mount(size: str = "4m") -> Path:
+        where = lab_dir() / "guests" / f"{name_prefix}-tmpfs{len(mounts)}"
+        where.mkdir(parents=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+            check=True,
+        )
+        mounts.append(where)
+        return where
+
+    yield _mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)
+        if subprocess.run(["mountpoint", "-q", str(where)], check=False).returncode == 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
+
+
+@pytest.mark.lab
+def test_revert_with_a_full_overlay_directory_fails_cleanly(small_tmpfs, tiny, playbook):
+    """A revert whose overlay directory is full: the failed create's partial file is
+    removed, the guest stays defined on its overlay, which keeps its data, and boots."""
+    ovl_dir = small_tmpfs("4m")  # before the guest starts: QEMU gets its own mount namespace
+    guest = tiny()
+    dom = guest.dom
+    guest.write_marker("A", "alpha")
+    args = {"domain": guest.name, "name": "x1", "kind": "external", "overlay_dir": str(ovl_dir)}
+    res = one(playbook, args)
+    assert res["changed"] and not res["failed"], res.get("msg")
+    overlay = disk_source(dom)
+    assert Path(overlay).parent == ovl_dir
+    guest.write_marker("B", "beta")
+    shutdown(guest)  # a running guest would stop on its own I/O errors on a full disk
+    overlay_bytes = Path(overlay).read_bytes()
+    filler = ovl_dir / "filler"
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False
+    )
+    assert os.statvfs(ovl_dir).f_bavail == 0
+
+    res = one(playbook, {"domain": guest.name, "name": "x1", "state": "reverted"})
+    assert res["failed"], res
+    assert "failed and was undone; the guest was not touched" in res["msg"], res["msg"]
+    assert "No space left on device" in res["msg"], res["msg"]
+    assert sorted(p.name for p in ovl_dir.iterdir()) == sorted([Path(overlay).name, "filler"])
+    assert Path(overlay).read_bytes() == overlay_bytes
+    assert not dom.isActive() and disk_source(dom) == overlay
+
+    filler.unlink()
+    boot_again(guest)
+    assert guest.read_marker("A").strip() == "alpha"
+    assert guest.read_marker("B").strip() == "beta"
+    shutdown(guest)
 
 
 # ---------------------------------------------------------------------------------------
