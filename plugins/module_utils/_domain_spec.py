@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import _xml
+from ._check_mode import assumed_in_check_mode
 from ._domain_model import (
     TARGET_PREFIX,
     Disk,
@@ -369,12 +370,34 @@ def _check_iothreads(f: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- host checks
 class HostChecks:
-    """What the host has, asked through libvirt (and the local filesystem for local URIs)."""
+    """What the host has, asked through libvirt (and the local filesystem for local URIs).
 
-    def __init__(self, conn, uri: str) -> None:
+    In check mode a network, pool, volume, bridge or file that does not exist (or a pool or
+    network that is not running) may be made by an earlier task of the play: it is reported
+    through ``warn`` and assumed, and what needs it (a disk's format) stays unknown.
+    """
+
+    def __init__(
+        self,
+        conn,
+        uri: str,
+        *,
+        check_mode: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.conn = conn
         self.local = is_local_uri(uri)
+        self.check_mode = check_mode
+        self._warn = warn or (lambda msg: None)
+        self._warned: set[str] = set()
         self._caps = None
+
+    def _assume(self, subject: str, problem: str = "does not exist yet", action: str = "creates"):
+        """Check mode only: warn (once per object) that a missing object is assumed."""
+        msg = assumed_in_check_mode(subject, problem, action)
+        if msg not in self._warned:
+            self._warned.add(msg)
+            self._warn(msg)
 
     # -- completing the wish
     def complete(self, wish: Wish, actual_root) -> None:
@@ -546,6 +569,9 @@ class HostChecks:
             raise KvmValidationError(f"The {what} path {path!r} must be absolute")
         if self.local:
             if not os.path.exists(path):
+                if self.check_mode:
+                    self._assume(f"The {what} file {path}")
+                    return
                 raise KvmValidationError(f"The {what} file {path} does not exist")
             return
         try:  # remote host: only files in a storage pool can be checked
@@ -553,11 +579,15 @@ class HostChecks:
         except libvirt.libvirtError:
             pass
 
-    def network(self, name: str) -> None:
+    def network(self, name: str):
+        """The network, or None in check mode when it does not exist yet."""
         try:
-            self.conn.networkLookupByName(name)
+            return self.conn.networkLookupByName(name)
         except libvirt.libvirtError as exc:
             if is_error(exc, libvirt.VIR_ERR_NO_NETWORK):
+                if self.check_mode:
+                    self._assume(f"Libvirt network {name!r}")
+                    return None
                 raise KvmValidationError(f"Unknown libvirt network {name!r}") from exc
             raise from_libvirt(exc, f"look up network {name}") from exc
 
@@ -573,39 +603,67 @@ class HostChecks:
         for nic in nics or []:
             if nic.type != "network" or not nic.source:
                 continue
+            net = self.network(nic.source)
+            if net is None:  # check mode, not there yet: warned already
+                continue
             try:
-                active = self.conn.networkLookupByName(nic.source).isActive()
+                active = net.isActive()
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"look up network {nic.source}") from exc
-            if not active:
+            if not active and self.check_mode:
+                self._assume(f"Libvirt network {nic.source!r}", "is not active", "starts")
+            elif not active:
                 raise KvmValidationError(
                     f"Libvirt network {nic.source!r} is not active; the guest cannot start on it"
                 )
 
     def pool(self, name: str):
+        """The pool, or None in check mode when it does not exist yet."""
         try:
             return self.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
             if is_error(exc, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                if self.check_mode:
+                    self._assume(f"Storage pool {name!r}")
+                    return None
                 raise KvmValidationError(f"Unknown storage pool {name!r}") from exc
             raise from_libvirt(exc, f"look up storage pool {name}") from exc
 
     def volume(self, pool_name: str, name: str):
+        """The volume, or None in check mode when it (or its pool) is not there yet."""
         pool = self.pool(pool_name)
+        if pool is None:
+            return None
+        if self.check_mode and not self._pool_active(pool, pool_name):
+            self._assume(f"Storage pool {pool_name!r}", "is not running", "starts")
+            return None
         try:
             return pool.storageVolLookupByName(name)
         except libvirt.libvirtError as exc:
             if is_error(exc, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                if self.check_mode:
+                    self._assume(f"Volume {name!r} in storage pool {pool_name!r}")
+                    return None
                 raise KvmValidationError(
                     f"Unknown volume {name!r} in storage pool {pool_name!r}"
                 ) from exc
             raise from_libvirt(exc, f"look up volume {name} in pool {pool_name}") from exc
+
+    @staticmethod
+    def _pool_active(pool, name: str) -> bool:
+        try:
+            return bool(pool.isActive())
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"read the state of storage pool {name}") from exc
 
     def host_interface(self, name: str, *, bridge: bool) -> None:
         kind = "bridge" if bridge else "host interface (macvtap)"
         if self.local and os.path.isdir("/sys/class/net"):
             path = os.path.join("/sys/class/net", name)
             if "/" in name or not os.path.exists(path):
+                if self.check_mode and "/" not in name:
+                    self._assume(f"The {kind} {name!r} on the host")
+                    return
                 raise KvmValidationError(f"Unknown {kind} {name!r} on the host")
             if bridge and not os.path.isdir(os.path.join(path, "bridge")):
                 raise KvmValidationError(f"Host interface {name!r} is not a bridge")
@@ -614,13 +672,19 @@ class HostChecks:
             self.conn.interfaceLookupByName(name)
         except libvirt.libvirtError as exc:
             if is_error(exc, libvirt.VIR_ERR_NO_INTERFACE):
+                if self.check_mode:
+                    self._assume(f"The {kind} {name!r} on the host")
+                    return
                 raise KvmValidationError(f"Unknown {kind} {name!r} on the host") from exc
             # no interface driver on that host: libvirt reports it when the guest starts
 
-    def probe_format(self, disk: Disk) -> str:
-        """The image format of a new disk: the volume's, or qcow2 magic in the file."""
+    def probe_format(self, disk: Disk) -> str | None:
+        """The image format of a new disk: the volume's, or qcow2 magic in the file (None in
+        check mode for a volume that is not there yet: unknown until it exists)."""
         if disk.volume is not None:
             vol = self.volume(disk.pool, disk.volume)
+            if vol is None:
+                return None
             try:
                 root = _xml.parse(vol.XMLDesc(0), "volume XML")
             except libvirt.libvirtError as exc:

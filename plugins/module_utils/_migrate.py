@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 from urllib.parse import urlsplit
 
 from . import _xml
@@ -855,7 +855,9 @@ class Migrator:
             f"{self.p['uri']} was removed (undefine_source=true)"
         )
 
-    def _fail(self, att: Attempt, src: Seen, dest: Seen, was_running: bool, timeout: int):
+    def _fail(
+        self, att: Attempt, src: Seen, dest: Seen, was_running: bool, timeout: int
+    ) -> NoReturn:
         """Clean up what is safe to clean up, then raise saying where the guest is."""
         name, uri, src_uri = self.p["name"], att.chosen.uri, self.p["uri"]
         outcome = att.outcome

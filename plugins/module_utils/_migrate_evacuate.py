@@ -211,5 +211,14 @@ class Evacuator:
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
     """The JSON-friendly part of an error's details."""
-    keep = ("placement", "location", "events", "leftovers", "stats")
+    keep = (
+        "placement",
+        "location",
+        "state",
+        "source_state",
+        "dest_state",
+        "events",
+        "leftovers",
+        "stats",
+    )
     return {k: v for k, v in details.items() if k in keep}

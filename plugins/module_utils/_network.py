@@ -311,6 +311,7 @@ class NetworkManager:
             ):
                 self.warn(msg)
 
+                check_mode=self.check_mode,
         plan = self._plan(net, current, live, desired, active)
         tracker = DifferenceTracker()
         before_values = _field_values(current)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable  # noqa: UP035  (Python 3.8 targets)
 
 from . import _xml
+from ._check_mode import assumed_in_check_mode
 from ._errors import KvmValidationError
 
 MODES = ("nat", "route", "isolated", "bridge", "open")
@@ -603,8 +604,12 @@ def validate_against_host(
     own_bridge: str | None,
     interface_kind,
     routes: list[Route] | None,
+    check_mode: bool = False,
 ) -> list[str]:
     """Checks against the other networks and the host. Returns warnings.
+
+    In check mode a host bridge that does not exist yet is a warning: an earlier task of the
+    play may create it.
 
     ``interface_kind(name)`` says ``"bridge"``, ``"other"``, ``None`` (no such interface)
     or ``"unknown"`` (cannot tell); ``routes`` is None when the host's routes cannot be read.
@@ -632,7 +637,9 @@ def validate_against_host(
 
     if spec.mode == "bridge":
         kind = interface_kind(spec.bridge)
-        if kind is None:
+        if kind is None and check_mode:
+            warnings.append(assumed_in_check_mode(f"Host bridge {spec.bridge}"))
+        elif kind is None:
             raise KvmValidationError(
                 f"bridge {spec.bridge} does not exist on the host: create it first "
                 "(mode=bridge attaches guests to an existing bridge)"

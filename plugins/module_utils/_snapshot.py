@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _xml
+from ._check_mode import assumed_in_check_mode
 from ._diff import DifferenceTracker
 from ._errors import KvmValidationError, from_libvirt
 from ._snapshot_external import (
@@ -106,7 +107,12 @@ class SnapshotManager:
     # ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._validate_params()
-        self.dom = lookup_domain(self.conn, self.p["domain"])
+        try:
+            self.dom = lookup_domain(self.conn, self.p["domain"])
+        except KvmValidationError:
+            if not self.module.check_mode:
+                raise
+            return self._check_without_guest()
         self.snaps = list_snapshots(self.dom)
         state = self.p["state"]
         if state == "present":
@@ -122,6 +128,33 @@ class SnapshotManager:
             self.result["snapshot"] = snap.facts() if snap else None
         else:
             self.result["snapshot"] = None
+        if self.module.diff_mode:
+            self.result["diff"] = self.diff.diff()
+        return self.result
+
+    def _check_without_guest(self) -> dict[str, Any]:
+        """Check mode, guest missing: an earlier task may define it, with no snapshots yet."""
+        name, state = self.p["name"], self.p["state"]
+        subject = f"Guest {self.p['domain']!r}"
+        if state == "reverted":
+            subject += f" (with snapshot {name!r})"
+        self.module.warn(assumed_in_check_mode(subject))
+        if state == "present":
+            self.diff.add("snapshot", None, name)
+            # memory and the disks follow the guest's state and definition, unknown here
+            self.result["created"] = {
+                "kind": self.p["kind"] or "internal",
+                "memory": self.p["memory"],
+                "disks": {},
+            }
+            if self.p["retain"] is not None:
+                self.result["retention"] = {**self.p["retain"], "kept": [name], "deleted": []}
+        elif state == "reverted":
+            self.diff.add("revert", None, {"current": name})
+        else:
+            self.diff.add("snapshot", None, None)
+        self.result["changed"] = state != "absent"
+        self.result["snapshot"] = None
         if self.module.diff_mode:
             self.result["diff"] = self.diff.diff()
         return self.result

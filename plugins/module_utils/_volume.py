@@ -24,6 +24,7 @@ from . import _xml
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._storage import (
+from ._check_mode import assumed_in_check_mode
     FILE_POOL_TYPES,
     BackingStore,
     PoolSpec,
@@ -179,8 +180,11 @@ class VolumeManager:
     def _check_without_pool(self) -> dict[str, Any]:
         """Check mode, pool missing or stopped: an earlier task of the play may create it."""
         self.kvm.warn(
-            f"Storage pool '{self.params['pool']}' does not exist or is not running; check "
-            "mode assumes an earlier task creates it (the real run fails if it does not)."
+            assumed_in_check_mode(
+                f"Storage pool '{self.params['pool']}'",
+                "does not exist or is not running",
+                "creates or starts",
+            )
         )
         present = self.params["state"] == "present"
         self.diff.add("state", "absent", "present" if present else "absent")
@@ -347,10 +351,7 @@ class VolumeManager:
                 pool = lookup_pool(self.conn, b["pool"])
             vol = lookup_volume(pool, b["volume"]) if pool.isActive() else None
             if vol is None and self.check:
-                self.kvm.warn(
-                    f"Backing volume '{b['volume']}' does not exist yet; check mode assumes "
-                    "an earlier task creates it."
-                )
+                self.kvm.warn(assumed_in_check_mode(f"Backing volume '{b['volume']}'"))
                 return {"path": None, "format": b.get("format") or "qcow2", "capacity": 0}
             if vol is None:
                 raise KvmValidationError(

@@ -36,6 +36,10 @@ attributes:
     description: Predicts the changes, the restart and the final state; libvirt's definition
       stays byte-identical.
     support: full
+    details: A network, storage pool, volume, bridge or file that does not exist yet (or a
+      network or pool that is not running) is assumed to come from an earlier task of the
+      play, with a warning, so a provisioning playbook can run in check mode from nothing;
+      the real run with the same input fails before any change if it is still missing.
   diff_mode:
     description: Shows the managed settings (and the run state) before and after.
     support: full

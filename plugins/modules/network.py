@@ -38,6 +38,9 @@ attributes:
     description: Can run in check mode and reports what would change, including the update
       calls it would make (RV(live_updates)) and the guests a restart would disconnect.
     support: full
+    details: With O(mode=bridge), a host bridge that does not exist yet is assumed to come
+      from an earlier task of the play (with a warning); the real run fails if it is still
+      missing.
   diff_mode:
     description: Reports the managed settings before and after.
     support: full

@@ -43,6 +43,8 @@ attributes:
     description: Can run in check mode and returns what would be done.
     support: full
     details: Every check is made and the result says what would be done; nothing changes.
+      A guest that does not exist yet is assumed to come from an earlier task of the play
+      (with a warning and no snapshots); the real run then fails if it is still missing.
   diff_mode:
     description: Will return details on what has changed (or would change in check mode).
     support: full

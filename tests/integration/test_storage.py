@@ -69,8 +69,11 @@ def dir_pool(conn, pool_dir):
     return pool
 
 
-def four_times(playbook, tasks, *, first_changed=True):
-    """check -> apply -> check -> apply; assert changed each time; return the runs."""
+def four_times(playbook, tasks, *, first_changed=True, after_each=None):
+    """check -> apply -> check -> apply; assert changed each time; return the runs.
+
+    ``after_each(index, run)``, when given, runs after each of the four (to look at what a
+    run left on the host before the next one changes it)."""
     runs = []
     for check, want in (
         (True, first_changed),
@@ -82,6 +85,8 @@ def four_times(playbook, tasks, *, first_changed=True):
         assert run.rc == 0, run.stdout + run.stderr
         got = [r["result"].get("changed") for r in run.results]
         assert any(got) == want, f"check={check}: changed={got}\n{run.stdout}"
+        if after_each is not None:
+            after_each(len(runs), run)
         runs.append(run)
     return runs
 

@@ -411,6 +411,26 @@ def test_host_checks_bridge_mode_needs_existing_bridge():
     )
 
 
+def test_host_checks_missing_bridge_is_assumed_in_check_mode_only():
+    spec = NetworkSpec("n", mode="bridge", bridge="br0")
+    warnings = validate_against_host(
+        spec, others=[], own_bridge=None, interface_kind=kinds(), routes=[], check_mode=True
+    )
+    assert warnings == [
+        "Host bridge br0 does not exist yet; check mode assumes an earlier task creates it "
+        "(the real run fails if it does not)."
+    ]
+    with pytest.raises(KvmValidationError, match="not a bridge"):  # there, but wrong: fails
+        validate_against_host(
+            spec,
+            others=[],
+            own_bridge=None,
+            interface_kind=kinds(br0="other"),
+            routes=[],
+            check_mode=True,
+        )
+
+
 def test_host_checks_libvirt_bridge_name_must_be_free_and_forward_dev_exist():
     spec = NetworkSpec("n", bridge="eth0")
     with pytest.raises(KvmValidationError, match="already exists on the host"):

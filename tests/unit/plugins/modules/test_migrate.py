@@ -47,3 +47,22 @@ def test_no_candidate_besides_the_source(module_runner):
     assert result["failed"] is True
     assert "No destination can take guest test" in result["msg"]
     assert result["placement"][0]["reasons"] == ["it is the source host itself"]
+
+
+def test_verify_agent_of_an_offline_move_and_a_negative_timeout_fail_before_connecting(
+    module_runner,
+):
+    result = module_runner(
+        migrate,
+        {
+            "uri": "qemu+tcp://198.18.0.250/system",  # never contacted
+            "name": "test",
+            "dest_uri": "qemu+tcp://198.18.0.251/system",
+            "mode": "offline",
+            "verify_agent": True,
+            "timeout": -1,
+        },
+    )
+    assert result["failed"] is True
+    assert "verify_agent needs mode=live" in result["msg"]
+    assert "timeout cannot be negative" in result["msg"]

@@ -12,6 +12,7 @@ import secrets
 
 import pytest
 
+from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule
 from ansible_collections.virtops.kvm.plugins.modules import snapshot, snapshot_info
 
 libvirt = pytest.importorskip("libvirt")
@@ -142,6 +143,26 @@ def test_bad_input_fails_before_anything_changes(module_runner, guest):
         assert message in res["msg"], (args, res["msg"])
     for d in (dom, raw, running_raw):
         assert names(d) == []
+
+
+def test_check_mode_of_a_guest_not_defined_yet_predicts_with_a_warning(module_runner, monkeypatch):
+    # module warnings are caught here: once a test has loaded controller code (the inventory
+    # plugin's tests), Ansible sends them to its display instead of the result
+    warned = []
+    monkeypatch.setattr(KvmModule, "warn", lambda _self, msg: warned.append(msg))
+    args = {"domain": "ut-snap-later", "name": "s1", "kind": "internal", "memory": False}
+    res = run(module_runner, args, check_mode=True, diff=True)
+    assert res["changed"] and not res.get("failed"), res
+    assert warned == [
+        "Guest 'ut-snap-later' does not exist yet; check mode assumes an earlier task creates "
+        "it (the real run fails if it does not)."
+    ]
+    assert res["created"] == {"kind": "internal", "memory": False, "disks": {}}
+    assert res["diff"] == {"before": {"snapshot": None}, "after": {"snapshot": "s1"}}
+    absent = run(module_runner, {**args, "state": "absent"}, check_mode=True)
+    assert not absent["changed"] and len(warned) == 2  # a new guest has no snapshot
+    res = run(module_runner, args)
+    assert res.get("failed") and "Guest 'ut-snap-later' does not exist" in res["msg"]
 
 
 def test_kinds_are_not_mixed(module_runner, guest, conn):
