@@ -308,10 +308,10 @@ class NetworkManager:
                 own_bridge=own_bridge,
                 interface_kind=self.host.interface_kind,
                 routes=self.host.routes(),
+                check_mode=self.check_mode,
             ):
                 self.warn(msg)
 
-                check_mode=self.check_mode,
         plan = self._plan(net, current, live, desired, active)
         tracker = DifferenceTracker()
         before_values = _field_values(current)

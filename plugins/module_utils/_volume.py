@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import _xml
+from ._check_mode import assumed_in_check_mode
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._storage import (
-from ._check_mode import assumed_in_check_mode
     FILE_POOL_TYPES,
     BackingStore,
     PoolSpec,

@@ -212,3 +212,48 @@ def test_cpusets_are_bounded_before_anything_changes(conn, cpuset, message):
 def test_cpuset_exclusion_reaches_the_definition(conn):
     result = run(conn, **BASE, tuning={"emulator_pin": "0-3,^1"})
     assert "<emulatorpin cpuset='0,2-3'/>" in result["xml"].replace('"', "'")
+
+
+def test_check_mode_from_nothing_predicts_with_warnings(conn):
+    """Network, pool, volume and bridge not there yet: check mode predicts, the real run fails."""
+    spec = {
+        **BASE,
+        "state": "running",
+        "interfaces": [{"network": "net-later"}, {"bridge": "br-later"}],
+        "disks": [{"pool": "pool-later", "volume": "v.qcow2"}],
+    }
+    kvm = FakeKvm(conn, spec, check_mode=True)
+    predicted = DomainManager(kvm).run()
+    assert predicted["changed"] is True and predicted["state"] == "running"
+    assert len(kvm.warnings) == 3, kvm.warnings  # one each, the pool's not repeated by probing
+    assert kvm.warnings[0].startswith("Storage pool 'pool-later' does not exist yet; check mode")
+    assert any("Libvirt network 'net-later' does not exist yet" in w for w in kvm.warnings)
+    assert any("bridge 'br-later' on the host does not exist yet" in w for w in kvm.warnings)
+    assert all(w.endswith("(the real run fails if it does not).") for w in kvm.warnings)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("g1")
+    with pytest.raises(KvmValidationError, match="Unknown storage pool 'pool-later'"):
+        run(conn, **spec)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("g1")  # the real run failed before defining anything
+
+
+def test_check_mode_inactive_network_and_missing_volume(conn):
+    """A stopped network and a volume missing from an existing pool are assumed too."""
+    conn.networkLookupByName("default").destroy()
+    pool = conn.storagePoolLookupByName("default-pool")
+    spec = {**BASE, "state": "running", "disks": [{"pool": pool.name(), "volume": "later.img"}]}
+    kvm = FakeKvm(conn, spec, check_mode=True)
+    assert DomainManager(kvm).run()["changed"] is True
+    assert any(
+        "Libvirt network 'default' is not active; check mode assumes an earlier task starts it" in w
+        for w in kvm.warnings
+    ), kvm.warnings
+    assert any(
+        "Volume 'later.img' in storage pool 'default-pool' does not exist" in w
+        for w in kvm.warnings
+    )
+    with pytest.raises(KvmValidationError, match="is not active"):
+        run(conn, **{**spec, "disks": []})
+    with pytest.raises(KvmValidationError, match=r"Unknown volume 'later\.img'"):
+        run(conn, **{**spec, "state": "present"})
