@@ -18,7 +18,6 @@ import copy
 from typing import Any
 
 from . import _xml
-from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._domain_lifecycle import ACTIVE, Lifecycle, plan, state_of
 from ._domain_live import LIVE_FIELDS, LiveUpdater, pending_restart
@@ -103,14 +102,8 @@ class DomainManager:
         if self.params["state"] == "absent":
             return self.absent()
         wish = desired_from_params(self.params)  # pure checks first, before connecting
-        return reconcile(self._present, f"guest {self.params['name']}")
-
-    def _present(self) -> dict[str, Any]:
-        self.tracker = DifferenceTracker()  # a second attempt starts from the new state
-        self.warnings.clear()
         dom = lookup(self.conn, wish.name)
-        self._guard = self._read_guard(wish.name, dom)
-        actual_root = _xml.parse(self._guard.seen, "domain XML") if dom else None
+        actual_root = _xml.parse(inactive_xml(dom), "domain XML") if dom else None
         current = state_of(dom) if dom else "absent"
         host = HostChecks(
             self.conn, self.params["uri"], check_mode=self.check_mode, warn=self.warnings.append
@@ -299,19 +292,9 @@ class DomainManager:
                 )
 
     def _define(self, new_root, creating: bool):
-    def _read_guard(self, name: str, dom) -> Guard:
-        """The definition as read now (None: no guest yet), and how to read it again."""
-
-        def reread() -> str | None:
-            found = dom or lookup(self.conn, name)
-            return inactive_xml(found) if found else None
-
-        return Guard(f"guest {name}", inactive_xml(dom) if dom else None, reread)
-
         text = _xml.to_string(new_root)
         flags = getattr(libvirt, "VIR_DOMAIN_DEFINE_VALIDATE", 0)
         try:
-        self._guard.check()  # never write over a change made since this run read the guest
             return self.conn.defineXMLFlags(text, flags)
         except libvirt.libvirtError as exc:
             action = "define" if creating else "update the definition of"
