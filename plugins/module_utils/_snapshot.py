@@ -479,7 +479,8 @@ class SnapshotManager:
         if self.module.check_mode:
             return
         if plan is not None:
-            apply_external_revert(self.dom, snap, plan, want_power)
+            for warning in apply_external_revert(self.dom, snap, plan, want_power):
+                self.module.warn(warning)
         else:
             flags = 0
             if running_state == "running":

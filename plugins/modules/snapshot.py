@@ -24,12 +24,19 @@ description:
     commit, which libvirt 9.0 does itself, with a pivot for the active image of a running
     guest and offline for a stopped one) and removes the overlay file.
   - Reverting to an external snapshot, which libvirt 9.0 refuses ("not supported yet"), is
-    done by the module (needs a local URI and C(qemu-img) on the KVM host) - the guest is
-    stopped, every external disk gets a fresh empty overlay on the image that holds the
-    snapshot's state, which is never written, and the guest is started again when
-    O(running_state) asks for it. The overlay the guest used is replaced when no later
-    snapshot is based on it, and kept (with the new overlay under a new name) when one is.
-    Only disk contents are restored; the guest's configuration stays as it is.
+    done by the module (needs a local URI and C(qemu-img) on the KVM host) - every external
+    disk gets a fresh empty overlay on the image that holds the snapshot's state, which is
+    never written; then the guest is stopped, switched to the new overlays, and started
+    again when O(running_state) asks for it. The overlay the guest used is replaced when no
+    later snapshot is based on it, and kept (with the new overlay under a new name) when one
+    is. Only disk contents are restored; the guest's configuration stays as it is.
+  - A revert never removes an overlay before its replacement is in place. The new overlays
+    are made first (a replacement under a hidden name beside the old one, renamed over it
+    later), while the guest still runs untouched; if that fails (C(qemu-img) error, full or
+    read-only directory) the module fails with nothing changed. A failure after the guest
+    was stopped is undone - old overlays and definition back, the files the run made
+    removed - and a guest that was running is started again; the error says so. The
+    replaced overlays are removed only once the revert is complete.
   - The module keeps a guest's snapshots of one kind; it refuses to add an internal snapshot
     to a guest with external ones and the reverse, because libvirt can neither delete nor
     revert such a mix.
