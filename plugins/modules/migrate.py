@@ -231,8 +231,8 @@ options:
       - Seconds the migration may take. Then O(timeout_action) applies.
       - When not set, 600 seconds plus one second for every 16 MiB to send (the guest's
         memory, and with O(storage_copy) the allocation of the disks copied), or for every
-        O(bandwidth) MiB when that is lower. RV(stats.requested.timeout_s) says which
-        timeout applied.
+        O(bandwidth) MiB when that is lower. C(timeout_s) in RV(stats.requested) says
+        which timeout applied.
       - V(0) waits without a limit.
       - With O(timeout_action=abort), the job is aborted (C(abortJob)) and the module waits
         at most 60 more seconds for it to end. If it has not ended then (the abort was
