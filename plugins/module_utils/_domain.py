@@ -34,6 +34,7 @@ from ._domain_model import (
 from ._domain_spec import HostChecks, Wish, desired_from_params
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host import resolve_virt_type
+from ._storage_users import StorageUsers, describe_users
 
 try:
     import libvirt
@@ -362,7 +363,8 @@ class DomainManager:
             return self._result(False, name, None, "absent", None, restart_required=[])
         current = state_of(dom)
         root = _xml.parse(inactive_xml(dom), "domain XML")
-        volumes = self._volumes(root, name) if self.params["remove_storage"] else []
+        kept: list[dict[str, str]] = []
+        volumes = self._volumes(root, name, kept) if self.params["remove_storage"] else []
         self.tracker.add("state", current, "absent")
         if volumes:
             self.tracker.add("volumes", [v[0] for v in volumes], [])
@@ -376,44 +378,43 @@ class DomainManager:
             True, name, _xml.text(root, "uuid"), "absent", None, restart_required=[]
         )
         result["removed_volumes"] = [v[0] for v in volumes]
+        result["kept_volumes"] = kept
         return result
 
-    def _volumes(self, root, name: str) -> list[tuple[str, Any]]:
-        """The storage volumes of the guest's disks (not CD-ROMs), checked before removal."""
-        found = []
+    def _volumes(self, root, name: str, kept: list[dict[str, str]]) -> list[tuple[str, Any]]:
+        """The storage volumes of the guest's disks (not CD-ROMs) that may go with it.
+
+        A volume that another guest uses (directly or in a backing chain), or that another
+        volume of its pool backs onto, is kept, and so is a disk outside storage pools:
+        each lands in ``kept`` with its reason, and in a warning.
+        """
+        users = StorageUsers(self.conn)
+        found: dict[str, Any] = {}
+
+        def keep(path: str, reason: str) -> None:
+            if all(k["path"] != path for k in kept):
+                kept.append({"path": path, "reason": reason})
+                self.warnings.append(f"Volume {path} is kept: {reason}")
+
         for disk in read_disks(root):
-            if disk.device != "disk":
+            if disk.device != "disk" or not (disk.path or disk.volume):
                 continue
             try:
                 if disk.volume is not None:
                     pool = self.conn.storagePoolLookupByName(disk.pool)
                     vol = pool.storageVolLookupByName(disk.volume)
-                elif disk.path:
-                    vol = self.conn.storageVolLookupByPath(disk.path)
                 else:
-                    continue
+                    vol = self.conn.storageVolLookupByPath(disk.path)
             except libvirt.libvirtError:
-                self.warnings.append(
-                    f"Disk {disk.target} ({disk.path or disk.volume}) is not a volume of a "
-                    "storage pool; left in place"
-                )
+                where = disk.path or f"{disk.pool}/{disk.volume}"
+                keep(where, f"disk {disk.target} is not a volume of a running storage pool")
                 continue
-            users = self._other_users(vol.path(), name)
-            if users:
-                self.warnings.append(
-                    f"Volume {vol.path()} is also used by {', '.join(users)}; left in place"
-                )
+            path = vol.path()
+            if path in found:
                 continue
-            found.append((vol.path(), vol))
-        return found
-
-    def _other_users(self, path: str, name: str) -> list[str]:
-        users = []
-        for other in self.conn.listAllDomains(0):
-            if other.name() == name:
+            others = users.of_volume(vol, exclude_guest=name)
+            if others:
+                keep(path, f"in use: {describe_users(others)}")
                 continue
-            root = _xml.parse(other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "domain XML")
-            for disk in read_disks(root):
-                if disk.path == path:
-                    users.append(other.name())
-        return users
+            found[path] = vol
+        return list(found.items())

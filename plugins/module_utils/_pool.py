@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import stat
 from typing import Any
 
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._host import is_local_uri
 from ._storage import (
     CephSecretSpec,
     PoolSpec,
@@ -22,6 +25,7 @@ from ._storage import (
     pool_spec_from_params,
     pool_view,
 )
+from ._storage_users import StorageUser, StorageUsers, describe_users
 
 try:
     import libvirt
@@ -64,6 +68,7 @@ POOL_ARGUMENT_SPEC: dict[str, Any] = {
     "build": {"type": "bool", "default": True},
     "refresh": {"type": "bool", "default": False},
     "delete_storage": {"type": "bool", "default": False},
+    "force": {"type": "bool", "default": False},
 }
 POOL_REQUIRED_IF = [("state", "present", ["type"])]
 
@@ -77,6 +82,16 @@ def _managed_source(desired: dict[str, Any], actual: dict[str, Any]) -> tuple[di
         before["auth"] = actual.get("auth")
         after["auth"] = desired["auth"]
     return before, after
+
+
+def _libvirt_volume(path: str) -> bool:
+    """Whether libvirt's refresh of a dir pool lists this entry (files, directories and
+    block devices, through symlinks; not sockets, FIFOs or dangling links)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode)
 
 
 def _norm_path(path: str | None) -> str | None:
@@ -350,18 +365,28 @@ class PoolManager:
         self.diff.add("state", "present", "absent")
         delete = self.params["delete_storage"]
         was_active = bool(pool.isActive())
-        volumes: list[str] = []
+        volumes: list[str] | None = []
         if delete:
-            if not was_active and not self.check:
-                self._start(pool)
-                was_active = True
+            # before any change; a stopped pool by what the guests' disks name in it
+            self._refuse_in_use(StorageUsers(self.conn).of_pool(pool))
             if was_active:
+                volumes = sorted(v.name() for v in pool.listAllVolumes(0))
+            elif self.check:
+                volumes = self._predict_volumes(pool)
+            else:
+                self._start(pool)  # the volumes of a stopped pool are there once it runs
                 volumes = sorted(v.name() for v in pool.listAllVolumes(0))
             self.result["deleted_volumes"] = volumes
         if self.check:
-            for action in ("stop" if was_active else None, "delete storage" if delete else None):
-                if action:
-                    self._act(action)
+            steps = []
+            if delete and not was_active:
+                steps.append("start")
+            if was_active or delete:
+                steps.append("stop")
+            if delete:
+                steps.append("delete storage")
+            for action in steps:
+                self._act(action)
             self._act("undefine")
             self.result["pool"] = None
             return
@@ -378,3 +403,45 @@ class PoolManager:
             self._call(pool.undefine, "undefine")
         self._act("undefine")
         self.result["pool"] = None
+
+    def _refuse_in_use(self, users: list[StorageUser]) -> None:
+        """Deleting the storage of a pool whose volumes guests use needs force=true."""
+        if not users:
+            return
+        where = f"Storage pool '{self.params['name']}'"
+        self.result["users"] = [u.as_dict() for u in users]
+        if not self.params["force"]:
+            raise KvmValidationError(
+                f"{where} holds volumes in use: {describe_users(users)}. Nothing was changed. "
+                "Remove those disks from the guests first, set delete_storage=false to keep "
+                "the volumes, or set force=true to delete them anyway: the guests lose this "
+                "data.",
+                users=[u.as_dict() for u in users],
+            )
+        self.kvm.warn(
+            f"{where} holds volumes in use, deleting them anyway (force=true): "
+            f"{describe_users(users)}"
+        )
+
+    def _predict_volumes(self, pool) -> list[str] | None:
+        """Check mode, stopped pool: the volumes the real run deletes once it started it.
+
+        libvirt lists them only for a running pool. Those of a ``dir`` pool on this host are
+        the files, directories and block devices in its directory (as libvirt's refresh
+        finds them); for other pools, or over a remote connection, they are not known.
+        """
+        spec = PoolSpec.from_xml(pool.XMLDesc(0))
+        if spec.type == "dir" and spec.target and is_local_uri(self.params["uri"]):
+            try:
+                entries = os.listdir(spec.target)
+            except FileNotFoundError:
+                return []  # starting builds an empty directory, or fails
+            except OSError:
+                entries = None
+            if entries is not None:
+                return sorted(e for e in entries if _libvirt_volume(os.path.join(spec.target, e)))
+        self.kvm.warn(
+            f"Storage pool '{spec.name}' is not running: check mode cannot list its volumes "
+            "without starting it. The real run starts it and deletes every volume in it."
+        )
+        return None

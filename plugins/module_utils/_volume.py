@@ -14,9 +14,12 @@ guest sees the new size; ``virStorageVolResize`` otherwise), shrink only when as
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +38,7 @@ from ._storage import (
     round_up,
     volume_view,
 )
+from ._storage_users import StorageUser, StorageUsers, describe_users
 from ._units import parse_size
 
 try:
@@ -44,6 +48,9 @@ except ImportError:  # reported by the module wrapper
 
 CHUNK = 1024 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
+NEW_SUFFIX = ".virtops-new"  # a replacement is uploaded under this name first
+DIGEST_RECORDS = os.path.join("~", ".cache", "virtops-kvm", "volume-digests.json")
+MAX_DIGEST_RECORDS = 1000
 
 VOLUME_ARGUMENT_SPEC: dict[str, Any] = {
     "pool": {"type": "str", "required": True},
@@ -140,8 +147,88 @@ class ImportFile:
                 pass
 
 
+def volume_fingerprint(xml: str) -> dict[str, Any] | None:
+    """Size and modification/change times of a volume, or None where libvirt reports no
+    times (block, RBD): any write to the volume changes its fingerprint."""
+    root = _xml.parse(xml, "storage volume XML")
+    mtime = _xml.text(root, "target/timestamps/mtime")
+    ctime = _xml.text(root, "target/timestamps/ctime")
+    if not mtime or not ctime:
+        return None
+    spec = VolumeSpec.from_xml(xml)
+    return {
+        "capacity": spec.capacity,
+        "allocation": spec.allocation,
+        "physical": spec.physical,
+        "mtime": mtime,
+        "ctime": ctime,
+    }
+
+
+class DigestRecords:
+    """Digests of volume contents this module computed, on the host it runs on.
+
+    A record holds while the volume's fingerprint (size, mtime, ctime) is the one recorded
+    with it, so that check mode compares a checksum without reading the whole volume.
+    """
+
+    def __init__(self, path: str = DIGEST_RECORDS) -> None:
+        self.path = os.path.expanduser(path)
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, ident: str, fingerprint: dict | None, algorithm: str) -> str | None:
+        if fingerprint is None:
+            return None
+        entry = self._load().get(ident)
+        if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
+            return None
+        return (entry.get("digests") or {}).get(algorithm)
+
+    def put(self, ident: str, fingerprint: dict | None, algorithm: str, digest: str) -> None:
+        """Record a digest; a record that cannot be written only costs a later check mode
+        its prediction."""
+        if fingerprint is None:
+            return
+        data = self._load()
+        entry = data.get(ident)
+        digests = {}
+        if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint:
+            digests = dict(entry.get("digests") or {})
+        digests[algorithm] = digest
+        data.pop(ident, None)
+        data[ident] = {"fingerprint": fingerprint, "digests": digests, "at": int(time.time())}
+        while len(data) > MAX_DIGEST_RECORDS:
+            data.pop(next(iter(data)))
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".digests-")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 class VolumeManager:
-    def __init__(self, kvm, fetch: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        kvm,
+        fetch: Callable[..., Any] | None = None,
+        digests: DigestRecords | None = None,
+    ) -> None:
         self.kvm = kvm
         self.params = kvm.params
         self.conn = kvm.conn
@@ -149,6 +236,8 @@ class VolumeManager:
         self.diff = DifferenceTracker()
         self.result: dict[str, Any] = {"changed": False, "actions": []}
         self._fetch = fetch  # injectable downloader (tests); fetch_url by default
+        self.digests = digests or DigestRecords()
+        self.users = StorageUsers(self.conn)
         self.checksum = Checksum.parse(self.params["checksum"]) if self.params["checksum"] else None
         self.capacity = self._capacity()
 
@@ -411,10 +500,11 @@ class VolumeManager:
 
     # ------------------------------------------------------------------ import
 
-    def _import_new(self, *, replacing: bool = False) -> None:
+    def _import_new(self, *, replacing=None) -> None:
+        """Import into a new volume, or into the place of ``replacing`` (an existing volume)."""
         p = self.params
         self._act("import")
-        if not replacing:
+        if replacing is None:
             self.diff.add("state", "absent", "present")
         self.result["volume"] = None
         if self.check:
@@ -424,18 +514,24 @@ class VolumeManager:
             self.diff.add("format", None, p["format"])
             self.diff.add("checksum", None, str(self.checksum) if self.checksum else None)
             return
-        src = self._local_file() if p["source_path"] else self._download()
+        src = self._local_file() if p["source_path"] else self._download(replacing)
+        what = f"importing {p['source_path'] or p['source_url']}"
         try:
-            self._guard(
-                written=src.size,
-                capacity=max(src.virtual_size, src.size),
-                sparse=self._sparse(),
-                what=f"importing {p['source_path'] or p['source_url']}",
-            )
-            spec = VolumeSpec(name=p["name"], capacity=src.size, format="raw", allocation=0)
-            vol = self._upload_new(spec, src)
+            if replacing is None:
+                self._guard(
+                    written=src.size,
+                    capacity=max(src.virtual_size, src.size),
+                    sparse=self._sparse(),
+                    what=what,
+                )
+                spec = VolumeSpec(name=p["name"], capacity=src.size, format="raw", allocation=0)
+                vol = self._upload_new(spec, src)
+            else:
+                vol = self._replace(replacing, src, what)
         finally:
             src.cleanup()
+        if self.checksum and src.digest:
+            self._record_digest(vol, src.digest)
         view = volume_view(vol)
         view["checksum"] = f"{self.checksum.algorithm}:{src.digest}" if self.checksum else None
         self.diff.add("format", None, view["format"])
@@ -447,13 +543,20 @@ class VolumeManager:
         path = self.params["source_path"]
         if not os.path.isfile(path):
             raise KvmValidationError(f"source_path '{path}' is not a file on the managed host")
-        with open(path, "rb") as fh:
-            header = fh.read(32)
-        digest = None
-        if self.checksum:
-            digest = self._hash_file(path)
-            self._verify(digest, path)
-        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(32)
+            digest = None
+            if self.checksum:
+                digest = self._hash_file(path)
+                self._verify(digest, path)
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise KvmValidationError(
+                f"Cannot read source_path '{path}': {exc.strerror or exc}",
+                option="source_path",
+                path=path,
+            ) from exc
         return ImportFile(path, size, qcow2_virtual_size(header) or size, digest)
 
     def _hash_file(self, path: str) -> str:
@@ -472,7 +575,44 @@ class VolumeManager:
                 actual=f"{self.checksum.algorithm}:{digest}",
             )
 
-    def _download(self) -> ImportFile:
+    def _replace(self, old, src: ImportFile, what: str):
+        """Put ``src`` in the place of the volume ``old``, the new before the old goes.
+
+        The image is uploaded (and its format checked) as ``NAME.virtops-new`` while the old
+        volume is still there, so a failed upload leaves the old one as it was. Only then is
+        the old volume deleted and the image uploaded again under its name (a byte copy, so
+        that the checksum of the volume is the image's); the new copy is deleted last.
+        """
+        name = self.params["name"]
+        old_allocation = old.info()[2]
+        self._guard(
+            written=max(src.size, 2 * src.size - old_allocation),
+            capacity=max(src.virtual_size, src.size),
+            sparse=self._sparse(),
+            what=f"{what} (a new copy is made before the old volume is deleted)",
+        )
+        staged = f"{name}{NEW_SUFFIX}"
+        self._delete_quietly(staged)  # left by an earlier run that failed at the last step
+        spec = VolumeSpec(name=staged, capacity=src.size, format="raw", allocation=0)
+        self._upload_new(spec, src)
+        try:
+            self._pool_call(lambda: old.delete(0), "delete (to replace)")
+        except KvmError:
+            self._delete_quietly(staged)
+            raise
+        spec = VolumeSpec(name=name, capacity=src.size, format="raw", allocation=0)
+        try:
+            vol = self._upload_new(spec, src)
+        except KvmError as exc:
+            raise KvmError(
+                f"{exc.msg}. The old volume '{name}' was deleted; the new image is complete "
+                f"in volume '{staged}' of pool '{self.pool.name()}'.",
+                staged_volume=staged,
+            ) from exc
+        self._delete_quietly(staged)
+        return vol
+
+    def _download(self, replacing=None) -> ImportFile:
         """Stream the URL to a temporary file, hashing as it goes; verify before upload."""
         url = self.params["source_url"]
         fetch = self._fetch or self._fetch_url
@@ -498,9 +638,21 @@ class VolumeManager:
             digest = h.hexdigest() if h is not None else None
             if digest is not None:
                 self._verify(digest, url)
-        except (KvmError, OSError):
+        except (KvmError, OSError, http.client.HTTPException) as exc:
             os.unlink(tmp)
-            raise
+            if isinstance(exc, KvmError):
+                raise
+            kept = (
+                f"volume '{self.params['name']}' is unchanged"
+                if replacing is not None
+                else "no volume was created"
+            )
+            raise KvmError(
+                f"Failed to download {url} after {size} bytes: "
+                f"{getattr(exc, 'strerror', None) or exc!r}. Nothing was imported ({kept}, "
+                "the partial download was removed).",
+                downloaded_bytes=size,
+            ) from exc
         self.result["downloaded_bytes"] = size
         return ImportFile(tmp, size, qcow2_virtual_size(header) or size, digest, temporary=True)
 
@@ -593,7 +745,14 @@ class VolumeManager:
                     f"{want['path']}: the backing store cannot change. Delete it first."
                 )
         if self.checksum is not None:
-            digest = self.volume_digest(vol)
+            if self.check:
+                digest = self._recorded_digest(vol)
+            else:
+                digest = self.volume_digest(vol)
+                self._record_digest(vol, digest)
+            if digest is None:
+                self._predict_unverified(vol)
+                return
             before = f"{self.checksum.algorithm}:{digest}"
             self.result["checksum_verified"] = digest == self.checksum.digest
             if digest != self.checksum.digest:
@@ -601,27 +760,45 @@ class VolumeManager:
                     raise KvmValidationError(
                         f"Volume '{p['name']}' exists but its content does not match "
                         f"{self.checksum} (it has {before}). Set force=true to replace it "
-                        "with a new import, or use another name.",
+                        "with a new import (its data is lost), or use another name.",
                         actual=before,
                     )
                 self.diff.add("checksum", before, str(self.checksum))
                 self._act("replace")
-                if not self.check:
-                    self._reimport(vol)
+                self._forced_over_users(vol, "replacing")
+                self._import_new(replacing=vol)
                 return
         if self.capacity is not None:
             self._resize(vol, actual)
         self.result["volume"] = volume_view(vol)
 
-    def _reimport(self, vol) -> None:
-        users = self._running_users(vol.path())
-        if users:
-            raise KvmValidationError(
-                f"Volume '{self.params['name']}' is in use by running guest(s) "
-                f"{', '.join(d.name() for d, _target in users)}: not replacing it"
-            )
-        self._pool_call(lambda: vol.delete(0), "delete (to replace)")
-        self._import_new(replacing=True)
+    def _predict_unverified(self, vol) -> None:
+        """Check mode without a recorded digest: the volume is not read to compare it."""
+        p = self.params
+        self.result["checksum_verified"] = None
+        if p["force"]:
+            outcome = "the real run reads it and replaces it when it differs (force=true)"
+            self.diff.add("checksum", "(not verified)", str(self.checksum))
+            self._act("replace")
+            self._forced_over_users(vol, "replacing")
+            self._import_new(replacing=vol)
+        else:
+            outcome = "the real run reads it and fails when it differs"
+        self.kvm.warn(
+            f"Check mode does not read volume '{p['name']}' to compare it with {self.checksum} "
+            f"(no digest of its current content is recorded on this host); {outcome}."
+        )
+
+    def _digest_ident(self, vol) -> str:
+        return f"{self.conn.getURI()} {vol.key()}"
+
+    def _recorded_digest(self, vol) -> str | None:
+        fingerprint = volume_fingerprint(vol.XMLDesc(0))
+        return self.digests.get(self._digest_ident(vol), fingerprint, self.checksum.algorithm)
+
+    def _record_digest(self, vol, digest: str) -> None:
+        fingerprint = volume_fingerprint(vol.XMLDesc(0))
+        self.digests.put(self._digest_ident(vol), fingerprint, self.checksum.algorithm, digest)
 
     def _resize(self, vol, actual: VolumeSpec) -> None:
         p = self.params
@@ -649,18 +826,21 @@ class VolumeManager:
                 sparse=self._sparse() and not allocate,
                 what=f"growing it by {human(want - have)}",
             )
-        users = self._running_users(vol.path())
+        live = [
+            u for u in self._users(vol) if u.guest is not None and u.running and u.how == "direct"
+        ]
         action = "grow" if want > have else "shrink"
-        if users:
-            dom, target = users[0]
-            self.result["resized_via"] = f"blockResize of {target} in running guest {dom.name()}"
-            self._act(f"{action} (live, guest {dom.name()})")
+        if live:
+            guest, target = live[0].guest, live[0].disk
+            self.result["resized_via"] = f"blockResize of {target} in running guest {guest}"
+            self._act(f"{action} (live, guest {guest})")
             if self.check:
                 return
             try:
+                dom = self.conn.lookupByName(guest)
                 dom.blockResize(target, want, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
             except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, f"resize disk {target} of guest '{dom.name()}'") from exc
+                raise from_libvirt(exc, f"resize disk {target} of guest '{guest}'") from exc
             return
         self._act(action)
         if self.check:
@@ -675,25 +855,27 @@ class VolumeManager:
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, f"resize volume '{p['name']}'") from exc
 
-    def _running_users(self, path: str) -> list[tuple[Any, str]]:
-        """(domain, disk target) of running guests whose disk source is ``path``."""
-        users = []
-        try:
-            domains = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        except libvirt.libvirtError as exc:
-            raise from_libvirt(exc, "list running guests") from exc
-        for dom in domains:
-            try:
-                root = _xml.parse(dom.XMLDesc(0), "domain XML")
-            except libvirt.libvirtError:
-                continue  # the guest went away meanwhile
-            for disk in root.findall("devices/disk"):
-                src = disk.find("source")
-                if src is None:
-                    continue
-                if path in (src.get("file"), src.get("dev")):
-                    users.append((dom, _xml.attr(disk, "target", "dev")))
-        return users
+    # ------------------------------------------------------------------ in use
+
+    def _users(self, vol) -> list[StorageUser]:
+        return self.users.of_volume(vol, pool=self.pool)
+
+    def _forced_over_users(self, vol, doing: str) -> None:
+        """Fail when guests or volumes use ``vol``, unless force=true (then warn)."""
+        users = self._users(vol)
+        if not users:
+            return
+        p = self.params
+        where = f"Volume '{p['name']}' of pool '{self.pool.name()}'"
+        self.result["users"] = [u.as_dict() for u in users]
+        if not p["force"]:
+            raise KvmValidationError(
+                f"{where} is in use: {describe_users(users)}. Nothing was changed. Detach it "
+                "from the guests (or delete what backs onto it) first, or set force=true to "
+                f"go on {doing} it: its users lose this data.",
+                users=[u.as_dict() for u in users],
+            )
+        self.kvm.warn(f"{where} is in use, {doing} it anyway (force=true): {describe_users(users)}")
 
     # ------------------------------------------------------------------ absent
 
@@ -703,23 +885,7 @@ class VolumeManager:
             self.diff.add("state", "absent", "absent")
             self.result["volume"] = None
             return
-        path = vol.path()
-        users = self._running_users(path)
-        if users:
-            raise KvmValidationError(
-                f"Volume '{p['name']}' is in use by running guest(s) "
-                f"{', '.join(d.name() for d, _target in users)}: stop them or detach it first"
-            )
-        dependants = []
-        for other in self.pool.listAllVolumes(0):
-            spec = VolumeSpec.from_xml(other.XMLDesc(0))
-            if spec.backing is not None and spec.backing.path == path:
-                dependants.append(other.name())
-        if dependants:
-            raise KvmValidationError(
-                f"Volume '{p['name']}' is the backing image of {', '.join(sorted(dependants))} "
-                "in the same pool: delete those first"
-            )
+        self._forced_over_users(vol, "deleting")
         self.diff.add("state", "present", "absent")
         if p["wipe"]:
             self._act("wipe")

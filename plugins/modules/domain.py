@@ -454,8 +454,15 @@ options:
     type: bool
     default: false
   remove_storage:
-    description: With O(state=absent), also delete the storage volumes of the guest's disks
-      (not CD-ROMs, not volumes other guests use, not files outside storage pools).
+    description:
+      - With O(state=absent), also delete the storage volumes of the guest's disks (not
+        CD-ROMs, not files outside running storage pools).
+      - A volume that is in use elsewhere is kept, and RV(kept_volumes) and a warning say why -
+        when another guest (running or shut off, persistent or transient) has it as a disk
+        (file, block device, pool volume or network disk) or as any layer of a disk's
+        backing chain, or when another volume of its pool backs onto it. Nothing else
+        deletes it; use M(virtops.kvm.volume) with O(virtops.kvm.volume#module:force=true)
+        to delete a volume in use.
     type: bool
     default: false
   memory_guard:
@@ -591,6 +598,23 @@ removed_volumes:
   returned: when O(state=absent)
   type: list
   elements: str
+kept_volumes:
+  description: >-
+    The disks of the guest that O(remove_storage=true) kept, with the reason (in use by
+    another guest or volume, or not a volume of a running storage pool).
+  returned: when O(state=absent)
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: Path of the volume (or the disk's file).
+      type: str
+      returned: success
+    reason:
+      description: Why it was kept, naming each guest and disk that uses it.
+      type: str
+      returned: success
+      sample: "in use: guest web2 (running) disk vdb uses data.qcow2"
 xml:
   description: The inactive definition after the run (predicted in check mode).
   returned: unless absent

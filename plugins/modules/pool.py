@@ -27,7 +27,12 @@ extends_documentation_fragment:
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
-    description: Predicts the changes and reports them without making any.
+    description:
+      - Predicts the changes and reports them without making any.
+      - With O(state=absent) and O(delete_storage=true), RV(deleted_volumes) of an inactive
+        V(dir) pool on the local host are the entries of its directory that libvirt lists as
+        volumes once it starts the pool; for other inactive pools they cannot be known
+        without starting the pool, so check mode warns and returns V(null).
     support: full
   diff_mode:
     description: Returns the managed settings before and after.
@@ -156,6 +161,19 @@ options:
         volume group is removed (C(vgremove), C(pvremove)). The file system on an V(fs)
         device is not wiped.
       - An inactive pool is started first so that its volumes can be deleted.
+      - Refused, before anything changes, when a guest uses a volume of the pool (see
+        O(force)).
+    type: bool
+    default: false
+  force:
+    description:
+      - With O(delete_storage=true), delete the volumes even when guests use them. This
+        destroys data - the guests' disks are gone.
+      - A volume is in use when a guest (running or shut off, persistent or transient) has
+        it as a disk (a file, block device, pool volume or network disk) or as any layer of
+        a disk's backing chain. For an inactive pool, a disk counts when it names the pool
+        or lies under its target directory (or its Ceph pool).
+      - Without it the module fails naming each guest and disk, and changes nothing.
     type: bool
     default: false
 notes:
@@ -284,10 +302,40 @@ restart_required:
   elements: str
   sample: [source]
 deleted_volumes:
-  description: Names of the volumes deleted (or to delete) with O(delete_storage=true).
+  description:
+    - Names of the volumes deleted (or to delete) with O(delete_storage=true).
+    - V(null) in check mode when the pool is inactive and its volumes cannot be listed.
   returned: with O(state=absent) and O(delete_storage=true)
   type: list
   elements: str
+users:
+  description:
+    - The guests using volumes of the pool when O(delete_storage=true) deleted them anyway
+      (O(force=true)); the same list comes with the failure without O(force).
+  returned: when volumes in use were deleted
+  type: list
+  elements: dict
+  contains:
+    guest:
+      description: Name of the guest.
+      type: str
+      returned: success
+    disk:
+      description: Target of its disk (V(vda)).
+      type: str
+      returned: success
+    how:
+      description: V(direct) (the disk's source), or V(backing chain) (a layer under it).
+      type: str
+      returned: success
+    running:
+      description: Whether the guest was running.
+      type: bool
+      returned: success
+    volume:
+      description: Name of the volume of the pool it uses.
+      type: str
+      returned: success
 secret_uuid:
   description: UUID of the Ceph secret created or updated.
   returned: when a secret was created or updated

@@ -27,9 +27,11 @@ extends_documentation_fragment:
   - virtops.kvm.connection.actiongroup_kvm
 attributes:
   check_mode:
-    description: >-
-      Predicts the changes without making any; nothing is downloaded, but an existing
-      volume is still read to verify O(checksum).
+    description:
+      - Predicts the changes without making any. Nothing is downloaded, and an existing
+        volume is not read to verify O(checksum) - its digest as recorded by an earlier run on
+        this host is compared instead (see O(checksum)). Without such a record, check mode
+        warns and predicts the replacement when O(force=true), no change otherwise.
     support: full
   diff_mode:
     description: Returns the managed settings before and after.
@@ -131,13 +133,29 @@ options:
       - When the volume already exists, its content is read back through libvirt and hashed
         (this reads the whole volume); when it matches, nothing is downloaded. When it does
         not match, the module fails unless O(force=true), which replaces the volume.
+      - A replacement is downloaded and uploaded (as V(NAME.virtops-new)) before the old
+        volume is deleted, so a failed download or upload leaves the old volume as it was.
+      - The digests of the volumes it imported or read are recorded on the host the module
+        runs on (C(~/.cache/virtops-kvm/volume-digests.json)), each with the volume's size and
+        modification and change times; check mode compares a record only while these are
+        unchanged.
       - The recorded checksum is the content itself, so a volume that guests write to (or
         that is grown) no longer matches. Import base images with a checksum and give guests
         overlays (O(backing)) on them.
       - Without O(checksum) an existing volume is left as it is.
     type: str
   force:
-    description: Replace an existing imported volume whose content does not match O(checksum).
+    description:
+      - Go on even though data is destroyed. This destroys data.
+      - Replace an existing volume whose content does not match O(checksum) (the old content
+        is lost).
+      - Delete (O(state=absent)) or replace a volume that is in use. A volume is in use when
+        a guest on the connection (running or shut off, persistent or transient) has it as a
+        disk - a file, block device, pool volume (V(type=volume)) or network disk - or as
+        any layer of a disk's backing chain, or when another volume of its pool backs onto
+        it. Those guests and volumes lose their data.
+      - Without it, removing or replacing a volume in use fails before anything changes,
+        naming each guest and disk (RV(users)).
     type: bool
     default: false
   url_timeout:
@@ -158,8 +176,9 @@ options:
     type: bool
     default: false
 notes:
-  - A volume used by a running guest, or that is the backing image of another volume of
-    the pool, is not deleted.
+  - A volume in use (see O(force)) is neither deleted nor replaced without O(force=true).
+  - The backing chain of a shut-off guest's disk is known from libvirt's volume XML, so a
+    qcow2 file outside every storage pool is not followed down its chain.
 seealso:
   - module: virtops.kvm.pool
   - module: virtops.kvm.volume_info
@@ -257,13 +276,45 @@ actions:
   elements: str
   sample: [create]
 checksum_verified:
-  description: Whether an existing volume's content matched O(checksum).
+  description:
+    - Whether an existing volume's content matched O(checksum).
+    - V(null) in check mode when no digest of its current content is recorded.
   returned: when O(checksum) is set and the volume existed
   type: bool
 downloaded_bytes:
   description: Bytes downloaded from O(source_url).
   returned: when a download happened
   type: int
+users:
+  description:
+    - Who used the volume when it was deleted or replaced with O(force=true); the same list
+      comes with the failure without O(force).
+  returned: when a volume in use was deleted or replaced
+  type: list
+  elements: dict
+  contains:
+    guest:
+      description: Name of the guest, or null for another volume backing onto it.
+      type: str
+      returned: success
+    disk:
+      description: Target of the guest's disk (V(vda)).
+      type: str
+      returned: success
+    how:
+      description: >-
+        V(direct) (the disk's source), V(backing chain) (a layer under the disk), or
+        V(backing of volume NAME).
+      type: str
+      returned: success
+    running:
+      description: Whether the guest was running.
+      type: bool
+      returned: success
+    volume:
+      description: The volume used.
+      type: str
+      returned: success
 resized_via:
   description: How a running guest's disk was resized.
   returned: when the volume was resized through a running guest

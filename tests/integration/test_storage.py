@@ -222,7 +222,16 @@ def test_done_playbook_pool_base_overlay_idempotent(playbook, conn, pool_dir):
             }
         ]
     )
-    assert gone.rc != 0 and "backing image of guest.qcow2" in gone.task("rm")["msg"]
+    assert gone.rc != 0 and "volume guest.qcow2 backs onto it" in gone.task("rm")["msg"]
+    assert gone.task("rm")["users"] == [
+        {
+            "guest": None,
+            "disk": None,
+            "how": "backing of volume guest.qcow2",
+            "running": False,
+            "volume": None,
+        }
+    ]
 
 
 def test_grow_and_refuse_shrink(playbook, conn, dir_pool):

@@ -165,4 +165,5 @@ def test_overlay_boot_and_live_grow(playbook, lab_pool, name_prefix, tmp_path):
             }
         ]
     )
-    assert rm.rc != 0 and "in use by running guest" in rm.task("rm")["msg"]
+    assert rm.rc != 0
+    assert f"guest {name_prefix} (running) disk vdb uses data.raw" in rm.task("rm")["msg"]
