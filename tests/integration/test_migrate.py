@@ -457,6 +457,23 @@ def _start_libvirtd(host, site: Site) -> None:
     site.conns[host.uri] = conn
 
 
+def _migrate_in_background(tmp_path, args: dict) -> tuple[threading.Thread, list]:
+    runs: list = []
+    worker = threading.Thread(
+        target=lambda: runs.append(run_playbook(tmp_path, [task("migrate", args)])), daemon=True
+    )
+    worker.start()
+    return worker, runs
+
+
+def _wait_moving(worker: threading.Thread, progress: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not any(e.get("data_transferred_bytes") for e in progress_events(progress)):
+        assert worker.is_alive(), "the migration ended before it moved data"
+        assert time.monotonic() < deadline, "the migration never started moving data"
+        time.sleep(0.2)
+
+
 def test_destination_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix, tmp_path):
     src, dst = site.hosts[0], site.hosts[2]
     guest = tiny_guest(f"{name_prefix}-kill", conn=site.conns[src.uri])
@@ -470,18 +487,10 @@ def test_destination_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix
         "poll_interval": 0.5,
     }
     args.update(SHARED)
-    runs = []
-    worker = threading.Thread(
-        target=lambda: runs.append(run_playbook(tmp_path, [task("migrate", args)])), daemon=True
-    )
+    worker, runs = _migrate_in_background(tmp_path, args)
     killed = False
-    worker.start()
     try:
-        deadline = time.monotonic() + 180
-        while not any(e.get("data_transferred_bytes") for e in progress_events(progress)):
-            assert worker.is_alive(), "the migration ended before it moved data"
-            assert time.monotonic() < deadline, "the migration never started moving data"
-            time.sleep(0.2)
+        _wait_moving(worker, progress)
         os.kill(_libvirtd_pid(dst), signal.SIGKILL)
         killed = True
         worker.join(timeout=300)
@@ -504,6 +513,137 @@ def test_destination_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix
     # started again, the destination's libvirtd discarded the unfinished incoming guest
     assert guest.name not in [d.name() for d in site.conns[dst.uri].listAllDomains()]
     print(f"killed destination: {res['msg']}")
+
+
+# -- failure: the source's libvirtd dies, the job times out, the agent does not answer -----
+
+
+def _running_on(site, name: str, timeout: float = 120) -> str:
+    """The one host where guest ``name`` runs, once exactly one host runs it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [uri for uri, state in where(site, name).items() if state == "running"]
+        if len(running) == 1:
+            return running[0]
+        assert time.monotonic() < deadline, f"{name} runs on {running}"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("back", [False, True], ids=["source-stays-down", "source-back-at-once"])
+def test_source_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix, tmp_path, back):
+    """Never a success without the source's word; the guest survives with its data.
+
+    Down, the source cannot be asked: the module says where the guest may be. Back at once,
+    the module's fresh connection reaches it and finds the guest still on the source.
+    """
+    src, dst = site.hosts[1], site.hosts[0]
+    guest = tiny_guest(f"{name_prefix}-srckill", conn=site.conns[src.uri])
+    guest.write_marker("proof", f"written on {src.uri}")
+    progress = tmp_path / "progress.jsonl"
+    args = {
+        "uri": src.uri,
+        "name": guest.name,
+        "dest_uri": dst.uri,
+        "bandwidth": 2,  # MiB/s: slow enough to be caught moving
+        "progress_file": str(progress),
+        "poll_interval": 0.5,
+        "connect_timeout": 20 if back else 5,  # how long the module tries to reach the source
+    }
+    args.update(SHARED)
+    worker, runs = _migrate_in_background(tmp_path, args)
+    killed = False
+    try:
+        _wait_moving(worker, progress)
+        os.kill(_libvirtd_pid(src), signal.SIGKILL)
+        killed = True
+        if back:
+            _start_libvirtd(src, site)
+            killed = False
+        worker.join(timeout=300)
+        assert not worker.is_alive(), "the module did not return after the source died"
+    finally:
+        worker.join(timeout=600)
+        if killed:
+            _start_libvirtd(src, site)
+
+    (run,) = runs
+    assert run.rc != 0, run.stdout
+    res = run.task("migrate")
+    if back:
+        assert f"on the source {src.uri}" in res["msg"] and "is still" in res["msg"], res["msg"]
+        assert res["location"] == src.uri and res["dest_state"] != "running", res
+    else:
+        assert f"The source {src.uri} cannot be reached" in res["msg"], res["msg"]
+        assert "where it runs is not confirmed" in res["msg"], res["msg"]
+        assert res["location"] is None and res["source_state"].startswith("unknown"), res
+        assert res["dest_state"] != "running", res
+    assert any(e["event"] == "failed" for e in progress_events(progress))
+
+    # Started again, the source's libvirtd cancels the cut-short job and keeps the guest; the
+    # destination's libvirtd dropped the unfinished incoming guest when the source went away.
+    assert _running_on(site, guest.name) == src.uri
+    guest.conn = site.conns[src.uri]
+    beat = guest.last_heartbeat()
+    assert guest.wait_heartbeat(beat, timeout=60) > beat
+    guest.check("sync && echo 3 > /proc/sys/vm/drop_caches")
+    assert guest.read_marker("proof") == f"written on {src.uri}"
+    print(f"killed source ({'back at once' if back else 'stays down'}): {res['msg']}")
+
+
+def test_timeout_aborts_the_job_and_the_guest_stays(site, tiny_guest, playbook, name_prefix):
+    src, dst = site.hosts[0], site.hosts[1]
+    guest = tiny_guest(f"{name_prefix}-tmo", conn=site.conns[src.uri])
+    guest.write_marker("proof", "before the timeout")
+    args = {
+        "uri": src.uri,
+        "name": guest.name,
+        "dest_uri": dst.uri,
+        "bandwidth": 1,  # MiB/s: a 192 MiB guest needs minutes
+        "timeout": 3,
+        "poll_interval": 0.5,
+    }
+    args.update(SHARED)
+    began = time.monotonic()
+    run = playbook([task("migrate", args)])
+    took = time.monotonic() - began
+    assert run.rc != 0, run.stdout
+    res = run.task("migrate")
+    assert "timed out after 3 s (timeout of 3 s reached; job aborted)" in res["msg"], res["msg"]
+    assert f"still running on the source {src.uri}" in res["msg"], res["msg"]
+    assert res["location"] == src.uri and res["events"][:2] == [
+        "timeout of 3 s reached",
+        "job aborted",
+    ]
+    assert took < 120, took
+    assert where(site, guest.name) == {src.uri: "running"}
+    beat = guest.last_heartbeat()
+    assert guest.wait_heartbeat(beat, timeout=60) > beat
+    assert guest.read_marker("proof") == "before the timeout"
+
+
+def test_verify_agent_fails_naming_the_destination(site, tiny_guest, playbook, name_prefix):
+    """The tiny guest has no guest agent: the ping fails, and the guest runs on the destination."""
+    src, dst = site.hosts[0], site.hosts[1]
+    guest = tiny_guest(f"{name_prefix}-agent", conn=site.conns[src.uri])
+    args = {
+        "uri": src.uri,
+        "name": guest.name,
+        "dest_uri": dst.uri,
+        "verify_agent": True,
+        "verify_agent_timeout": 10,
+    }
+    args.update(SHARED)
+    run = playbook([task("migrate", args)])
+    assert run.rc != 0, run.stdout
+    res = run.task("migrate")
+    assert f"Guest {guest.name} moved to {dst.uri} and is running there" in res["msg"], res["msg"]
+    assert "guest agent did not answer a ping within 10 s" in res["msg"], res["msg"]
+    assert "agent is not configured" in res["msg"], res["msg"]
+    assert res["location"] == dst.uri and res["state"] == "running"
+    assert where(site, guest.name) == {dst.uri: "running"}
+    guest.conn = site.conns[dst.uri]
+    beat = guest.last_heartbeat()
+    assert guest.wait_heartbeat(beat, timeout=60) > beat
 
 
 # -- evacuate and rebalance playbooks --------------------------------------------------------
