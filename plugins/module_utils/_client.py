@@ -25,7 +25,14 @@ from typing import Any, Callable
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
-from ._errors import KvmError, KvmLibvirtError, from_libvirt
+from . import _xml
+from ._errors import (
+    KvmError,
+    KvmLibvirtError,
+    KvmUnexpectedError,
+    KvmValidationError,
+    from_libvirt,
+)
 
 LIBVIRT_IMPORT_ERROR = None
 try:
@@ -100,6 +107,41 @@ def open_connection(
         return conn
 
 
+def check_text_options(params: dict[str, Any], prefix: str = "") -> None:
+    """Fail on any string option holding a character libvirt's XML cannot hold.
+
+    Names, titles, descriptions, paths and every other text end up in an XML definition or in
+    a libvirt name; lxml would crash on them halfway through a run. The value is not shown
+    (it may be a secret), only the option and the character's position.
+    """
+    for key, value in params.items():
+        where = f"{prefix}{key}"
+        if isinstance(value, str):
+            bad = _xml.invalid_char(value)
+            if bad is not None:
+                raise KvmValidationError(
+                    f"Option {where} contains the control character {bad[1]} at position "
+                    f"{bad[0]}, which libvirt's XML cannot hold; nothing was changed",
+                    option=where,
+                )
+        elif isinstance(value, dict):
+            check_text_options(value, f"{where}.")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                if isinstance(item, (str, dict, list, tuple)):
+                    check_text_options({f"[{index}]": item}, where)
+
+
+def _option_holding(params: dict[str, Any], value: Any) -> str | None:
+    """The name of the top-level option whose value is ``value`` (a file name), if any."""
+    if not value:
+        return None
+    for key, given in params.items():
+        if given == value:
+            return key
+    return None
+
+
 class KvmModule:
     """AnsibleModule plus the libvirt connection and the collection's error handling."""
 
@@ -117,6 +159,10 @@ class KvmModule:
             )
         if LXML_IMPORT_ERROR:
             self.module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
+        try:
+            check_text_options(self.params)  # before connecting: nothing has changed yet
+        except KvmValidationError as exc:
+            self.fail(exc)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -160,8 +206,35 @@ class KvmModule:
         except libvirt.libvirtError as exc:  # a call the library code did not wrap
             self.close()
             self.fail(from_libvirt(exc, "complete a libvirt call"))
+        except Exception as exc:  # never a bare module crash
+            self.close()
+            self.fail(self.unexpected(exc))
         self.close()
         self.module.exit_json(**result)
+
+    def unexpected(self, exc: Exception) -> KvmUnexpectedError:
+        """An exception nobody foresaw, as a failure naming the module, its object and option."""
+        what = self.module._name or "the module"
+        target = ", ".join(
+            f"{key}={self.params[key]!r}"
+            for key in ("name", "pool", "domain", "state")
+            if isinstance(self.params.get(key), str)
+        )
+        details: dict[str, Any] = {"error_type": type(exc).__name__}
+        cause = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError):
+            cause = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            details["errno"] = exc.errno
+            option = _option_holding(self.params, exc.filename)
+            if option:
+                cause = f"option {option}: {cause}"
+                details["option"] = option
+        where = f"{what} ({target})" if target else what
+        return KvmUnexpectedError(
+            f"Unexpected error in {where}: {cause}. This is not an error the collection "
+            "expected; the traceback is in 'exception' (shown with -vvv).",
+            **details,
+        )
 
     def fail(self, exc: KvmError) -> None:
         """The collection's only ``fail_json``: message, libvirt error code and traceback."""

@@ -18,6 +18,7 @@ import copy
 from typing import Any
 
 from . import _xml
+from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._domain_lifecycle import ACTIVE, Lifecycle, plan, state_of
 from ._domain_live import LIVE_FIELDS, LiveUpdater, pending_restart
@@ -102,9 +103,15 @@ class DomainManager:
     def run(self) -> dict[str, Any]:
         if self.params["state"] == "absent":
             return self.absent()
+        return reconcile(self._present, f"guest {self.params['name']}")
+
+    def _present(self) -> dict[str, Any]:
+        self.tracker = DifferenceTracker()  # a second attempt starts from the new state
+        self.warnings.clear()
         wish = desired_from_params(self.params)  # pure checks first, before connecting
         dom = lookup(self.conn, wish.name)
-        actual_root = _xml.parse(inactive_xml(dom), "domain XML") if dom else None
+        self._guard = self._read_guard(wish.name, dom)
+        actual_root = _xml.parse(self._guard.seen, "domain XML") if dom else None
         current = state_of(dom) if dom else "absent"
         host = HostChecks(
             self.conn, self.params["uri"], check_mode=self.check_mode, warn=self.warnings.append
@@ -292,9 +299,19 @@ class DomainManager:
                     f"the definition would have {before!r}"
                 )
 
+    def _read_guard(self, name: str, dom) -> Guard:
+        """The definition as read now (None: no guest yet), and how to read it again."""
+
+        def reread() -> str | None:
+            found = dom or lookup(self.conn, name)
+            return inactive_xml(found) if found else None
+
+        return Guard(f"guest {name}", inactive_xml(dom) if dom else None, reread)
+
     def _define(self, new_root, creating: bool):
         text = _xml.to_string(new_root)
         flags = getattr(libvirt, "VIR_DOMAIN_DEFINE_VALIDATE", 0)
+        self._guard.check()  # never write over a change made since this run read the guest
         try:
             return self.conn.defineXMLFlags(text, flags)
         except libvirt.libvirtError as exc:

@@ -34,6 +34,14 @@ class KvmTimeoutError(KvmError):
     """A transition did not finish within its timeout."""
 
 
+class KvmConcurrencyError(KvmError):
+    """Someone else changed the object between this run's read and its write; nothing written."""
+
+
+class KvmUnexpectedError(KvmError):
+    """An exception the library code did not expect (a bug, or a state nobody foresaw)."""
+
+
 class KvmLibvirtError(KvmError):
     """A libvirt call failed; keeps libvirt's error code, domain and message."""
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import _xml
+from ._domain_model import parse_cpuset
 from ._errors import KvmValidationError, from_libvirt
 
 try:
@@ -383,15 +384,8 @@ def to_bytes(value: str | int | None, unit: str | None = "KiB") -> int | None:
 
 
 def cpu_list(text: str | None) -> list[int]:
-    """``0-3,8`` -> ``[0, 1, 2, 3, 8]``."""
-    ids: list[int] = []
-    for raw in (text or "").split(","):
-        part = raw.strip()
-        if not part or part.startswith("^"):
-            continue
-        low, _dash, high = part.partition("-")
-        ids.extend(range(int(low), int(high or low) + 1))
-    return ids
+    """``0-3,^2,8`` -> ``[0, 1, 3, 8]`` (the one cpuset parser, ``parse_cpuset``)."""
+    return sorted(parse_cpuset(text, "CPU list")) if text and text.strip() else []
 
 
 def versions(conn) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from . import _xml
+from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmLibvirtError, from_libvirt, is_error
 from ._network_host import host_for
@@ -259,10 +260,11 @@ class NetworkManager:
     # -- entry point -------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        net = lookup(self.conn, self.name)
         if self.params["state"] == "absent":
-            return self._absent(net)
-        return self._present(net)
+            return self._absent(lookup(self.conn, self.name))
+        return reconcile(
+            lambda: self._present(lookup(self.conn, self.name)), f"network {self.name}"
+        )
 
     def _absent(self, net) -> dict[str, Any]:
         result: dict[str, Any] = {"changed": False, "network": None}
@@ -287,6 +289,7 @@ class NetworkManager:
     def _present(self, net) -> dict[str, Any]:
         state = self.params["state"]
         persistent_xml = read_xml(net, inactive=True) if net is not None else None
+        guard = Guard(f"network {self.name}", persistent_xml, lambda: self._reread(net))
         current = parse_network(persistent_xml) if persistent_xml else None
         active = bool(net.isActive()) if net is not None else False
         live = parse_network(read_xml(net, inactive=False)) if active else None
@@ -341,6 +344,7 @@ class NetworkManager:
         changed = bool(tracker) or bool(plan.live.ops) or plan.restart
 
         if changed and not self.check_mode:
+            guard.check()  # never write over a change made since this run read the network
             net = self._apply(net, plan, desired, persistent_xml)
 
         restart_pending = bool(plan.restart_fields) and will_be_active and not plan.restart
@@ -444,6 +448,10 @@ class NetworkManager:
                 pass
             raise
         return net
+
+    def _reread(self, net) -> str | None:
+        found = net or lookup(self.conn, self.name)
+        return read_xml(found, inactive=True) if found is not None else None
 
     def _define(self, xml: str):
         try:

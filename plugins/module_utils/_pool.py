@@ -11,13 +11,17 @@ import base64
 import binascii
 import os
 import stat
+from dataclasses import fields, replace
 from typing import Any
 
+from . import _xml
+from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._host import is_local_uri
 from ._storage import (
     CephSecretSpec,
+    PoolSource,
     PoolSpec,
     lookup_ceph_secret,
     lookup_pool,
@@ -108,6 +112,30 @@ def _inactive_xml(pool) -> str:
         return pool.XMLDesc(0)
 
 
+_POOL_FIGURES = ("capacity", "allocation", "available")
+
+
+def _with_source(actual_xml: str, actual: PoolSource, desired: PoolSource) -> str:
+    """The stored definition with the given source settings over the actual ones.
+
+    Everything else (permissions of the target, settings the module does not manage) stays.
+    """
+    given = {f.name: getattr(desired, f.name) for f in fields(PoolSource)}
+    source = replace(actual, **{k: v for k, v in given.items() if v})
+    root = _xml.parse(actual_xml, "storage pool XML")
+    for tag in _POOL_FIGURES:
+        _xml.remove(root.find(tag))
+    built = PoolSpec(name="", type=root.get("type"), source=source).to_xml()
+    new = _xml.parse(built, "storage pool XML").find("source")
+    old = root.find("source")
+    if old is None:
+        root.insert(list(root).index(root.find("name")) + 1, new)
+    else:
+        old.addprevious(new)
+        _xml.remove(old)
+    return _xml.to_string(root)
+
+
 class PoolManager:
     def __init__(self, kvm) -> None:
         self.kvm = kvm
@@ -121,7 +149,7 @@ class PoolManager:
         if self.params["state"] == "absent":
             self.absent()
         else:
-            self.present()
+            reconcile(self.present, f"storage pool '{self.params['name']}'")
         self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
         if self.kvm.diff_mode:
             self.result["diff"] = self.diff.diff()
@@ -133,6 +161,8 @@ class PoolManager:
     # ------------------------------------------------------------------ present
 
     def present(self) -> None:
+        self.diff = DifferenceTracker()  # a second attempt starts from the new state
+        self.result = {"changed": False, "actions": []}
         desired = pool_spec_from_params(self.params)
         auth_params = (self.params.get("source") or {}).get("auth") or {}
         secret_value = self._secret_bytes(auth_params.get("secret_value"))
@@ -151,11 +181,13 @@ class PoolManager:
                     self._act("start")
                 self.result["pool"] = None
                 return
+            self._concurrency_guard(desired.name, None, None).check()
             pool = self._define_new(desired, want_active, autostart, created_secret)
             self.result["pool"] = pool_view(pool)
             return
 
-        actual = PoolSpec.from_xml(_inactive_xml(pool))
+        actual_xml = _inactive_xml(pool)
+        actual = PoolSpec.from_xml(actual_xml)
         self._check_immutable(desired, actual)
         self.diff.add("state", "present", "present")
         self.diff.add("type", actual.type, desired.type)
@@ -183,14 +215,10 @@ class PoolManager:
             return
 
         if source_changed:
-            merged = PoolSpec(
-                name=actual.name,
-                type=actual.type,
-                target=actual.target,
-                source=desired.source,
-                uuid=actual.uuid,
-            )
-            self._call(lambda: self.conn.storagePoolDefineXML(merged.to_xml(), 0), "redefine")
+            # the first write: never over a change made since this run read the pool
+            self._concurrency_guard(desired.name, actual_xml, pool).check()
+            merged = _with_source(actual_xml, actual.source, desired.source)
+            self._call(lambda: self.conn.storagePoolDefineXML(merged, 0), "redefine")
             self._act("redefine")
             if is_active:
                 self.kvm.warn(
@@ -210,6 +238,14 @@ class PoolManager:
             self.result["refreshed"] = True
         self.result["restart_required"] = self.diff.restart_required()
         self.result["pool"] = pool_view(pool)
+
+    def _concurrency_guard(self, name: str, seen: str | None, pool) -> Guard:
+        def reread() -> str | None:
+            found = pool or lookup_pool(self.conn, name, required=False)
+            return _inactive_xml(found) if found is not None else None
+
+        # libvirt updates the capacity figures of a running pool by itself
+        return Guard(f"storage pool '{name}'", seen, reread, ignore=_POOL_FIGURES)
 
     def _record_settings(self, desired: PoolSpec, active: bool, autostart: bool | None) -> None:
         self.diff.add("type", None, desired.type)

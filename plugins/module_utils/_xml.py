@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ._errors import KvmValidationError
@@ -15,6 +16,17 @@ try:
     from lxml import etree
 except ImportError:  # reported by the module wrapper
     etree = None
+
+
+# What XML 1.0 (and so every libvirt definition) cannot hold: C0 controls other than tab,
+# newline and carriage return, lone surrogates, U+FFFE and U+FFFF.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def invalid_char(value: str) -> tuple[int, str] | None:
+    """Position and ``U+XXXX`` name of the first character XML cannot hold, else None."""
+    found = _NOT_XML_CHAR.search(value)
+    return None if found is None else (found.start(), f"U+{ord(found.group()):04X}")
 
 
 def parser():

@@ -326,7 +326,10 @@ options:
     description: Start the guest when libvirtd starts.
     type: bool
   tuning:
-    description: Performance tuning. Pinning takes cpusets like V(0-3,^2).
+    description:
+      - Performance tuning. Pinning takes cpusets like V(0-3,^2).
+      - CPU numbers in a cpuset go up to 16383 (libvirt's limit) and must name CPUs the host
+        has; anything beyond fails before the guest is changed.
     type: dict
     suboptions:
       vcpu_pins:

@@ -246,3 +246,103 @@ def test_connection_failure_reports_code(monkeypatch):
     assert result["msg"].startswith("Failed to connect to libvirt at nosuchdriver:///x")
     assert result["libvirt_error_name"] == "VIR_ERR_NO_CONNECT"
     assert result["attempts"] == 1
+
+
+# --- unexpected exceptions and text XML cannot hold ------------------------------------------
+
+
+def test_unexpected_exception_is_a_clear_failure_with_the_traceback(tracebacks_on):
+    def main():
+        module = _client.KvmModule({"name": {"type": "str"}, "state": {"type": "str"}})
+
+        def body(m):
+            raise ValueError("All strings must be XML compatible")
+
+        module.run(body)
+
+    result = run_main(main, {"uri": TEST_URI, "name": "web1", "state": "present"})
+    assert result["failed"] is True
+    assert result["msg"].startswith("Unexpected error in ")
+    assert "(name='web1', state='present')" in result["msg"]
+    assert "ValueError: All strings must be XML compatible" in result["msg"]
+    assert "-vvv" in result["msg"]
+    assert result["error_type"] == "ValueError"
+    assert 'raise ValueError("All strings must be XML compatible")' in result["exception"]
+
+
+def test_unexpected_os_error_names_the_option_holding_the_file(tmp_path):
+    missing = str(tmp_path / "gone.img")
+
+    def main():
+        module = _client.KvmModule({"name": {"type": "str"}, "source_path": {"type": "path"}})
+
+        def body(m):
+            with open(m.params["source_path"], "rb"):
+                pass
+
+        module.run(body)
+
+    result = run_main(main, {"uri": TEST_URI, "name": "v1", "source_path": missing})
+    assert result["failed"] is True
+    assert f"option source_path: No such file or directory: {missing}" in result["msg"]
+    assert result["option"] == "source_path"
+    assert result["errno"] == 2
+
+
+def test_unexpected_exception_closes_the_connection():
+    modules = []
+
+    def main():
+        module = _client.KvmModule({})
+        modules.append(module)
+
+        def body(m):
+            m.conn.getURI()
+            raise RuntimeError("boom")
+
+        module.run(body)
+
+    assert run_main(main, {"uri": TEST_URI})["failed"] is True
+    assert modules[0]._conn is None
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        ({"name": "web\x01"}, "name"),
+        ({"title": "a\x1bb"}, "title"),
+        ({"disks": [{"path": "/ok"}, {"path": "/x\x00y"}]}, "disks[1].path"),
+        ({"tags": ["ok", "b\x7fad\x08"]}, "tags[1]"),
+        ({"graphics": {"password": "se\x02cret"}}, "graphics.password"),
+    ],
+)
+def test_control_characters_fail_before_connecting(args, option):
+    spec = {
+        "name": {"type": "str"},
+        "title": {"type": "str"},
+        "tags": {"type": "list", "elements": "str"},
+        "disks": {"type": "list", "elements": "dict", "options": {"path": {"type": "str"}}},
+        "graphics": {"type": "dict", "options": {"password": {"type": "str", "no_log": True}}},
+    }
+    ran = []
+
+    def main():
+        module = _client.KvmModule(spec)
+        module.run(lambda m: ran.append(m.conn) or {"changed": True})
+
+    result = run_main(main, {"uri": "nosuchdriver:///x", **args})
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"Option {option} contains the control character U+")
+    assert "libvirt's XML cannot hold; nothing was changed" in result["msg"]
+    assert result["option"] == option
+    assert ran == []  # failed before the body (and before connecting)
+    assert "cret" not in json.dumps(result)  # a secret's value is never echoed
+
+
+def test_tab_newline_and_unicode_are_fine():
+    def main():
+        module = _client.KvmModule({"description": {"type": "str"}})
+        module.run(lambda m: {"changed": False, "d": m.params["description"]})
+
+    text = "line 1\n\tline 2\r\nGrüße 😀"
+    assert run_main(main, {"uri": TEST_URI, "description": text})["d"] == text

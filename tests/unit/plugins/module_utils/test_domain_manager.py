@@ -193,3 +193,22 @@ def test_check_mode_inactive_network_and_missing_volume(conn):
         run(conn, **{**spec, "disks": []})
     with pytest.raises(KvmValidationError, match=r"Unknown volume 'later\.img'"):
         run(conn, **{**spec, "state": "present"})
+
+
+@pytest.mark.parametrize(
+    ("cpuset", "message"),
+    [
+        ("0-1000000", r"CPU 1000000 is beyond the highest CPU number libvirt accepts \(16383\)"),
+        ("0-3,^1,12", r"names CPUs the host does not have \(host CPUs 0-7\)"),
+    ],
+)
+def test_cpusets_are_bounded_before_anything_changes(conn, cpuset, message):
+    with pytest.raises(KvmValidationError, match=message):
+        run(conn, **BASE, tuning={"emulator_pin": cpuset})
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("g1")  # nothing was defined
+
+
+def test_cpuset_exclusion_reaches_the_definition(conn):
+    result = run(conn, **BASE, tuning={"emulator_pin": "0-3,^1"})
+    assert "<emulatorpin cpuset='0,2-3'/>" in result["xml"].replace('"', "'")

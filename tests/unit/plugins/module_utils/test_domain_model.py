@@ -260,6 +260,34 @@ def test_cpuset_canonical():
         model.parse_cpuset("1,^1")
 
 
+def test_cpuset_exclusions_ranges_and_the_highest_cpu():
+    assert model.parse_cpuset("0-7,^2-5,^7") == {0, 1, 6}
+    assert model.parse_cpuset(" 3 , 1-2 ") == {1, 2, 3}
+    assert model.parse_cpuset(4) == {4}
+    assert max(model.parse_cpuset(f"0-{model.MAX_CPU_ID}")) == model.MAX_CPU_ID == 16383
+
+
+@pytest.mark.parametrize(
+    "text", ["0-1000000", "0-99999999999999999999999", "16384", "1,2,^3,0-16384"]
+)
+def test_cpuset_beyond_libvirts_limit_fails_before_expanding(text):
+    with pytest.raises(KvmValidationError, match=r"CPU \d+ is beyond the highest CPU number"):
+        model.parse_cpuset(text, "tuning.emulator_pin")
+
+
+@pytest.mark.parametrize("text", ["-1", "3-1", "1-", "^", "0x3"])
+def test_cpuset_malformed(text):
+    with pytest.raises(KvmValidationError, match=r"expected e\.g\. 0-3,\^2,6"):
+        model.parse_cpuset(text)
+
+
+def test_cpuset_error_does_not_echo_a_huge_input():
+    text = "0-3," * 10000 + "99999"
+    with pytest.raises(KvmValidationError) as err:
+        model.parse_cpuset(text)
+    assert len(err.value.msg) < 200 and "..." in err.value.msg
+
+
 def test_next_target():
     assert model.next_target("virtio", {"vda", "vdb"}) == "vdc"
     assert model.next_target("sata", {"sda"}) == "sdb"

@@ -71,3 +71,25 @@ def test_canonical_ignores_attribute_order_and_whitespace_but_not_child_order():
     assert _xml.canonical(a) == _xml.canonical(b)
     assert _xml.canonical(a) != _xml.canonical(c)
     assert _xml.canonical(a) != _xml.canonical(_xml.parse("<x a='1' b='3'><y>t</y><z/></x>"))
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("plain", None),
+        ("tab\tnewline\ncr\r del\x7f é 😀", None),
+        ("a\x01b", (1, "U+0001")),
+        ("\x00", (0, "U+0000")),
+        ("ok\x1f", (2, "U+001F")),
+        ("x\ud800", (1, "U+D800")),
+        ("\ufffe", (0, "U+FFFE")),
+    ],
+)
+def test_invalid_char_matches_what_lxml_refuses(value, found):
+    assert _xml.invalid_char(value) == found
+    elem = etree.Element("title")
+    if found is None:
+        elem.text = value
+    else:
+        with pytest.raises(ValueError):
+            elem.text = value
