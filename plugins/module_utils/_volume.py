@@ -147,6 +147,15 @@ class ImportFile:
                 pass
 
 
+def _content_length(response) -> int | None:
+    headers = getattr(response, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def volume_fingerprint(xml: str) -> dict[str, Any] | None:
     """Size and modification/change times of a volume, or None where libvirt reports no
     times (block, RBD): any write to the volume changes its fingerprint."""
@@ -635,6 +644,10 @@ class VolumeManager:
                         h.update(chunk)
             if size == 0:
                 raise KvmValidationError(f"Download of {url} returned no data")
+            announced = _content_length(response)
+            if announced is not None and size != announced:
+                # http.client returns a body cut short by the server as if it were whole
+                raise http.client.IncompleteRead(b"", announced - size)
             digest = h.hexdigest() if h is not None else None
             if digest is not None:
                 self._verify(digest, url)
@@ -647,10 +660,13 @@ class VolumeManager:
                 if replacing is not None
                 else "no volume was created"
             )
+            if isinstance(exc, http.client.IncompleteRead):
+                reason = f"the connection closed {exc.expected} bytes before the end"
+            else:
+                reason = getattr(exc, "strerror", None) or repr(exc)
             raise KvmError(
-                f"Failed to download {url} after {size} bytes: "
-                f"{getattr(exc, 'strerror', None) or exc!r}. Nothing was imported ({kept}, "
-                "the partial download was removed).",
+                f"Failed to download {url} after {size} bytes: {reason}. Nothing was imported "
+                f"({kept}, the partial download was removed).",
                 downloaded_bytes=size,
             ) from exc
         self.result["downloaded_bytes"] = size
