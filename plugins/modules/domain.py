@@ -476,6 +476,11 @@ options:
 notes:
   - Use M(virtops.kvm.volume) to create disk volumes first; this module does not create
     images.
+  - Another writer's change is not overwritten. Just before writing the guest definition
+    the module reads it again; when it changed since the task read it, the task is computed
+    once more from the new definition, and when it changed again the task fails with
+    nothing written. libvirt has no atomic compare-and-write, so only a change made in the
+    instant between that read and the write can still be lost.
 seealso:
   - module: virtops.kvm.domain_info
 """

@@ -162,6 +162,12 @@ options:
         interface is updated). The module does not reconnect them.
     type: bool
     default: false
+notes:
+  - Another writer's change is not overwritten. Just before writing the network definition
+    the module reads it again; when it changed since the task read it, the task is computed
+    once more from the new definition, and when it changed again the task fails with
+    nothing written. libvirt has no atomic compare-and-write, so only a change made in the
+    instant between that read and the write can still be lost.
 seealso:
   - module: virtops.kvm.network_info
 """

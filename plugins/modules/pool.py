@@ -179,6 +179,11 @@ options:
 notes:
   - NFS (V(netfs)) needs the kernel NFS client on the host; V(logical) needs LVM2 and
     device-mapper; V(rbd) needs a reachable Ceph cluster.
+  - Another writer's change is not overwritten. Just before writing the pool definition
+    the module reads it again; when it changed since the task read it, the task is computed
+    once more from the new definition, and when it changed again the task fails with
+    nothing written. libvirt has no atomic compare-and-write, so only a change made in the
+    instant between that read and the write can still be lost.
 seealso:
   - module: virtops.kvm.pool_info
   - module: virtops.kvm.volume
