@@ -210,6 +210,8 @@ class DigestRecords:
         digests = {}
         if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint:
             digests = dict(entry.get("digests") or {})
+            if digests.get(algorithm) == digest:
+                return  # recorded already
         digests[algorithm] = digest
         data.pop(ident, None)
         data[ident] = {"fingerprint": fingerprint, "digests": digests, "at": int(time.time())}

@@ -479,13 +479,23 @@ def test_running_guest_with_a_volume_disk(playbook, lab_pool, tiny_guest, guests
     dir_pool.build(0)
     dir_pool.create(0)
     target.chmod(0o755)
-    for name in ("v1.raw", "v2.raw"):
+    for name in ("v1.raw", "v2.raw", "base.raw"):
         make_volume(dir_pool, name, fmt="raw")
+    # an overlay outside every pool: only the running guest's live XML shows its chain
+    outside = target.parent.parent / "guests" / name_prefix  # lab_pool removes it
+    outside.mkdir(mode=0o755, parents=True)
+    overlay = outside / "overlay.qcow2"
+    base = dir_pool.storageVolLookupByName("base.raw").path()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", str(overlay)],
+        check=True,
+    )
     guest = tiny_guest(
         f"{name_prefix}-a",
         extra_devices=[
             volume_disk(pool, "v1.raw", "vdb", "raw"),
             volume_disk(pool, "v2.raw", "vdc", "raw"),
+            file_disk(str(overlay), "vdd"),
         ],
     )
     marker = f"in-use-{name_prefix}"
@@ -497,6 +507,17 @@ def test_running_guest_with_a_volume_disk(playbook, lab_pool, tiny_guest, guests
     refused = playbook(vol_task(pool, "v1.raw", state="absent"))
     assert refused.rc != 0
     assert f"guest {guest.name} (running) disk vdb uses v1.raw" in refused.task("v")["msg"]
+    refused = playbook(vol_task(pool, "base.raw", state="absent"))
+    assert refused.rc != 0
+    assert refused.task("v")["users"] == [
+        {
+            "guest": guest.name,
+            "disk": "vdd",
+            "how": "backing chain",
+            "running": True,
+            "volume": "base.raw",
+        }
+    ]
     pool_task = [
         {"name": "p", "virtops.kvm.pool": {"name": pool, "state": "absent", "delete_storage": True}}
     ]
@@ -522,9 +543,9 @@ def test_running_guest_with_a_volume_disk(playbook, lab_pool, tiny_guest, guests
     assert guest_read(guest, len(marker)) == marker
     assert host_read(path, len(marker)) == marker.encode()
     dir_pool.refresh(0)
-    assert sorted(dir_pool.listVolumes()) == ["v1.raw", "v2.raw"]
+    assert sorted(dir_pool.listVolumes()) == ["base.raw", "v1.raw", "v2.raw"]
 
     forced = playbook(vol_task(pool, "v1.raw", state="absent", force=True))
     assert forced.rc == 0 and forced.task("v")["users"][0]["running"] is True
     dir_pool.refresh(0)
-    assert dir_pool.listVolumes() == ["v2.raw"]
+    assert sorted(dir_pool.listVolumes()) == ["base.raw", "v2.raw"]
