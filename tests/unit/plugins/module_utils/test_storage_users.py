@@ -11,6 +11,10 @@ from ansible_collections.virtops.kvm.plugins.module_utils._storage_users import 
     StorageUser,
     StorageUsers,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._volume import (
+    DigestRecords,
+    volume_fingerprint,
+)
 from ansible_collections.virtops.kvm.plugins.modules import domain as domain_module
 from ansible_collections.virtops.kvm.plugins.modules import pool as pool_module
 from ansible_collections.virtops.kvm.plugins.modules import volume as volume_module
@@ -267,3 +271,28 @@ def test_domain_absent_keeps_shared_volumes(conn, pool, module_runner, warned):
     assert gone["removed_volumes"] == [f"{DIR}/v1.qcow2", f"{DIR}/v2.qcow2"]
     assert gone["kept_volumes"] == []
     assert pool.listVolumes() == []
+
+
+# ------------------------------------------------------------------ digests for check mode
+
+
+VOLUME_XML = """<volume type='file'><name>v</name><capacity unit='bytes'>1048576</capacity>
+  <allocation unit='bytes'>4096</allocation><target><path>/p/v</path>
+  <timestamps><mtime>{mtime}</mtime><ctime>1796069991.397044705</ctime></timestamps>
+  </target></volume>"""
+
+
+def test_recorded_digest_holds_only_while_the_volume_is_unchanged(tmp_path):
+    records = DigestRecords(str(tmp_path / "cache" / "digests.json"))
+    before = volume_fingerprint(VOLUME_XML.format(mtime="1796069991.397044705"))
+    records.put("qemu:///system /p/v", before, "sha256", "ab" * 32)
+    assert records.get("qemu:///system /p/v", before, "sha256") == "ab" * 32
+    assert records.get("qemu:///system /p/v", before, "sha512") is None
+    assert records.get("qemu:///system /p/w", before, "sha256") is None
+    written = volume_fingerprint(VOLUME_XML.format(mtime="1796070000.000000001"))
+    assert records.get("qemu:///system /p/v", written, "sha256") is None
+    # no times (block or RBD volumes): nothing is recorded or trusted
+    bare = volume_fingerprint(VOLUME_XML.format(mtime="").replace("<mtime></mtime>", ""))
+    assert bare is None
+    records.put("qemu:///system /p/x", bare, "sha256", "cd" * 32)
+    assert records.get("qemu:///system /p/x", bare, "sha256") is None
