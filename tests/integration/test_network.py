@@ -298,6 +298,11 @@ def test_bad_input_leaves_nothing_behind(playbook, conn, networks, name_prefix):
     for message in cases:
         for check in (True, False):
             result = run.task(f"{message}|{check}")
+            if check and message.startswith("bridge nosuchbr0"):
+                # check mode: an earlier task of the play may create the host bridge
+                assert status[f"{message}|{check}"] == "ok" and result["changed"], result
+                assert "Host bridge nosuchbr0 does not exist yet" in str(result["warnings"])
+                continue
             assert status[f"{message}|{check}"] == "failed", result
             assert message in result["msg"], result["msg"]
     names = {n.name() for n in conn.listAllNetworks()}
