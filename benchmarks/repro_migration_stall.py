@@ -14,8 +14,10 @@ A variant is ``TICKER:DOWNTIME:MECHANISM``:
 - MECHANISM ``virsh``: ``virsh migrate --live --p2p --persistent --undefinesource --unsafe
   NAME DEST --migrateuri tcp://DEST`` with ``virsh migrate-setmaxdowntime NAME MS`` once
   ``virsh domjobinfo`` shows the job (what the module does with the same flags); ``module``:
-  ``virtops.kvm.migrate`` through ansible-playbook with the benchmark's arguments; ``none``:
-  the control, no migration (the guest stays and is checked after as long a wait).
+  ``virtops.kvm.migrate`` through ansible-playbook with the benchmark's arguments; ``save``:
+  not live, ``virsh save`` then ``virsh restore`` on the same host (the same device state,
+  but memory written once with the guest paused: no dirty-page tracking); ``none``: the
+  control, no migration (the guest stays and is checked after as long a wait).
 
 Each variant starts one tiny guest (192 MiB, 1 vCPU, as the benchmark) on lab host 1 and moves
 it back and forth; after every migration it checks that the ticker goes on. When it does not,
@@ -46,7 +48,7 @@ from benchmarks.common import log, new_prefix
 from benchmarks.series.migrate import DIRTIER, TICKER, TickWatch
 from tests.lab import hosts as lab
 from tests.lab.guests import GuestTimeout, TinyGuest, prepare_tiny_files, tiny_domain_xml
-from tests.lab.images import build_tiny
+from tests.lab.images import build_tiny, lab_dir
 
 MEMORY_TICKER = (
     "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; usleep 20000; done' "
@@ -96,8 +98,8 @@ class Variant:
             raise ValueError(f"{spec}: ticker is console, memory or idle")
         if downtime not in ("default", "bench") and not downtime.isdigit():
             raise ValueError(f"{spec}: downtime is a number of ms, default or bench")
-        if mechanism not in ("virsh", "module", "none"):
-            raise ValueError(f"{spec}: mechanism is virsh, module or none")
+        if mechanism not in ("virsh", "module", "save", "none"):
+            raise ValueError(f"{spec}: mechanism is virsh, module, save or none")
         return cls(ticker, downtime, mechanism)
 
     def __str__(self) -> str:
@@ -188,6 +190,21 @@ class Run:
             move.downtime_ms = int(_jobinfo_field(info, "Total downtime").split()[0])
         with contextlib.suppress(TypeError, ValueError):
             move.iterations = int(_jobinfo_field(info, "Iteration"))
+
+    def migrate_save(self, name: str, src, dst, move: Move) -> None:
+        """Not live: ``virsh save`` (pauses, then writes memory and device state) and restore."""
+        image = lab_dir() / "guests" / name / "saved.img"
+        started = time.monotonic()
+        try:
+            for args in (("save", name, str(image)), ("restore", str(image))):
+                res = _virsh(src.uri, *args, timeout=self.args.timeout)
+                if res.returncode != 0:
+                    move.error = res.stderr.strip()[-300:]
+                    return
+            move.ok = True
+        finally:
+            image.unlink(missing_ok=True)
+            move.seconds = round(time.monotonic() - started, 2)
 
     def migrate_none(self, name: str, src, dst, move: Move) -> None:
         """The control: as long as a migration takes, without one."""
@@ -307,7 +324,7 @@ class Run:
                     break
                 self.check_budget(self.args.timeout + 60)
                 src = self.hosts[where]
-                dst = src if variant.mechanism == "none" else self.hosts[1 - where]
+                dst = src if variant.mechanism in ("save", "none") else self.hosts[1 - where]
                 move = Move(index + 1, src.name, dst.name, variant.max_downtime(index))
                 move.ticking, stalled = self.one_move(
                     variant,
@@ -346,6 +363,7 @@ class Run:
         migrate = {
             "virsh": self.migrate_virsh,
             "module": self.migrate_module,
+            "save": self.migrate_save,
             "none": self.migrate_none,
         }[variant.mechanism]
         if variant.ticker == "memory":
