@@ -35,6 +35,7 @@ from ._domain_model import (
 from ._domain_spec import HostChecks, Wish, desired_from_params
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host import resolve_virt_type
+from ._secrets import Redactor
 from ._storage_users import StorageUsers, describe_users
 
 try:
@@ -43,8 +44,15 @@ except ImportError:  # reported by the module wrapper
     libvirt = None
 
 
-def inactive_xml(dom) -> str:
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+# The most characters a VNC password may have (QEMU's VNC authentication is DES-based).
+VNC_PASSWORD_MAX = 8
+
+
+def inactive_xml(dom, *, secure: bool = False) -> str:
+    """The stored definition; ``secure`` includes console passwords (never return that text)."""
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
+    if secure:
+        flags |= libvirt.VIR_DOMAIN_XML_SECURE
     try:
         return dom.XMLDesc(flags)
     except libvirt.libvirtError as exc:
@@ -53,9 +61,21 @@ def inactive_xml(dom) -> str:
 
 def live_xml(dom) -> str:
     try:
-        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+        return dom.XMLDesc(0)
     except libvirt.libvirtError as exc:
         raise from_libvirt(exc, f"read the live definition of guest {dom.name()}") from exc
+
+
+def check_console_password(graphics: dict[str, Any] | None) -> None:
+    """A VNC password longer than QEMU takes fails before anything is read or changed."""
+    if not graphics or graphics.get("type") != "vnc":
+        return
+    password = graphics.get("password") or ""
+    if len(password) > VNC_PASSWORD_MAX:
+        raise KvmValidationError(
+            f"graphics.password: a VNC console password has at most {VNC_PASSWORD_MAX} "
+            f"characters, the one given has {len(password)} (SPICE has no such limit)"
+        )
 
 
 def lookup(conn, name: str):
@@ -94,6 +114,8 @@ class DomainManager:
         self.check_mode = kvm.check_mode
         self.tracker = DifferenceTracker()
         self.warnings: list[str] = []
+        self.redactor = Redactor()
+        self.redactor.add((self.params.get("graphics") or {}).get("password"))
 
     @property
     def conn(self):
@@ -101,17 +123,25 @@ class DomainManager:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:
-        if self.params["state"] == "absent":
-            return self.absent()
-        return reconcile(self._present, f"guest {self.params['name']}")
+        try:
+            if self.params["state"] == "absent":
+                return self.absent()
+            return reconcile(self._present, f"guest {self.params['name']}")
+        except Exception as exc:
+            self.redactor.exception(exc)  # errors reach the user through the wrapper
+            raise
 
     def _present(self) -> dict[str, Any]:
         self.tracker = DifferenceTracker()  # a second attempt starts from the new state
         self.warnings.clear()
         wish = desired_from_params(self.params)  # pure checks first, before connecting
+        check_console_password(wish.fields.get("graphics"))
         dom = lookup(self.conn, wish.name)
         self._guard = self._read_guard(wish.name, dom)
+        # read with the console passwords: the new definition is written from it and must
+        # keep them; it is never returned as it is (see _result)
         actual_root = _xml.parse(self._guard.seen, "domain XML") if dom else None
+        self.redactor.add_from_xml(actual_root)
         current = state_of(dom) if dom else "absent"
         host = HostChecks(
             self.conn, self.params["uri"], check_mode=self.check_mode, warn=self.warnings.append
@@ -137,7 +167,10 @@ class DomainManager:
                 changed_fields.append(name)
         write(new_root, wish.fields, changed_fields)
         self._merge_fragment(wish, actual_root, new_root, creating)
+        self.redactor.add_from_xml(new_root)
         self._verify(wish, new_root)
+        if "graphics" in changed_fields:
+            self._check_kept_password(new_root)
         config_changed = bool(self.tracker) or creating
 
         autostart_before = bool(dom.autostart()) if dom else False
@@ -299,14 +332,29 @@ class DomainManager:
                     f"the definition would have {before!r}"
                 )
 
+    def _check_kept_password(self, new_root) -> None:
+        """A password kept from a SPICE console may be too long for the VNC one it becomes."""
+        elem = new_root.find("devices/graphics")
+        if elem is None or elem.get("type") != "vnc":
+            return
+        if len(elem.get("passwd") or "") > VNC_PASSWORD_MAX:
+            raise KvmValidationError(
+                "graphics.password: the console would keep its password, which is longer "
+                f"than the {VNC_PASSWORD_MAX} characters a VNC console takes; give a new "
+                'graphics.password (or "" to remove it)'
+            )
+
     def _read_guard(self, name: str, dom) -> Guard:
         """The definition as read now (None: no guest yet), and how to read it again."""
 
+        # both reads secure: the new definition is built from this one and must keep the
+        # console passwords, and a concurrent change of a password alone is then seen too
         def reread() -> str | None:
             found = dom or lookup(self.conn, name)
-            return inactive_xml(found) if found else None
+            return inactive_xml(found, secure=True) if found else None
 
-        return Guard(f"guest {name}", inactive_xml(dom) if dom else None, reread)
+        seen = inactive_xml(dom, secure=True) if dom else None
+        return Guard(f"guest {name}", seen, reread)
 
     def _define(self, new_root, creating: bool):
         text = _xml.to_string(new_root)
@@ -354,7 +402,7 @@ class DomainManager:
         live_applied: list[str] | None = None,
     ) -> dict[str, Any]:
         for warning in self.warnings:
-            self.kvm.warn(warning)
+            self.kvm.warn(self.redactor.text(warning))
         result: dict[str, Any] = {
             "changed": changed,
             "name": name,
@@ -365,11 +413,11 @@ class DomainManager:
             "restarted": restarted,
             "forced": forced,
             "live_applied": live_applied or [],
-            "xml": _xml.to_string(root) if root is not None else None,
+            "xml": self.redactor.xml(root) if root is not None else None,
         }
         if self.kvm.diff_mode:
             result["diff"] = self.tracker.diff()
-        return result
+        return self.redactor.data(result)
 
     # ------------------------------------------------------------------ absent
     def absent(self) -> dict[str, Any]:

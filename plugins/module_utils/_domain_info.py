@@ -21,6 +21,7 @@ from . import _xml
 from ._domain_lifecycle import STATE_NAMES
 from ._domain_model import AGENT_CHANNEL, Disk, Interface, summarize
 from ._errors import from_libvirt, is_error
+from ._secrets import strip_secrets
 
 try:
     import libvirt
@@ -93,6 +94,8 @@ class DomainInfo:
                     continue  # removed while we were listing
                 raise from_libvirt(exc, f"read the definition of guest {dom.name()}") from exc
             config = summarize(root)
+            # read without VIR_DOMAIN_XML_SECURE: whether a console has a password is unknown
+            (config.get("graphics") or {}).pop("password", None)
             if tags and not set(tags) <= set(config.get("tags") or []):
                 continue
             uuid = dom.UUIDString()
@@ -179,7 +182,7 @@ class DomainInfo:
         if ip_errors:
             guest["errors"] = ip_errors
         if self.include_xml:
-            guest["xml"] = _xml.to_string(root)
+            guest["xml"] = _xml.to_string(strip_secrets(root))  # never console passwords
         return guest
 
     def _leases(self) -> dict[str, list[str]]:

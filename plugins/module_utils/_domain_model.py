@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from . import _xml
 from ._errors import KvmValidationError
+from ._secrets import fingerprint
 from ._units import from_libvirt
 
 try:
@@ -871,8 +872,16 @@ def _read_graphics(root):
         "type": g.get("type"),
         "listen": listen,
         "port": None if autoport else int(port),
-        "password": g.get("passwd"),  # read with VIR_DOMAIN_XML_SECURE
+        # a keyed digest, never the password: set only when read with VIR_DOMAIN_XML_SECURE
+        "password": fingerprint(g.get("passwd")),
     }
+
+
+def _graphics_after(want: dict[str, Any]) -> dict[str, Any]:
+    """The wished graphics as compared and shown: the password as its digest ("" is None)."""
+    if "password" not in want:
+        return want
+    return dict(want, password=fingerprint(want["password"]))
 
 
 def _write_graphics(root, want):
@@ -895,8 +904,13 @@ def _write_graphics(root, want):
     if listen:
         elem.set("listen", listen)
         _xml.sub(elem, "listen", type="address", address=listen)
-    if want.get("password"):
-        elem.set("passwd", want["password"])
+    # the console keeps its password unless one is given; password "" removes it
+    password = want["password"] if "password" in want else old_attrs.get("passwd")
+    if password:
+        elem.set("passwd", password)
+        valid_to = None if "password" in want else old_attrs.get("passwdValidTo")
+        if valid_to:
+            elem.set("passwdValidTo", valid_to)
     _insert_device(devices, elem)
 
 
@@ -1297,6 +1311,8 @@ def after_value(name: str, want: Any) -> Any:
         return _disks_after(want)
     if name == "interfaces":
         return [nic.as_dict() for nic in want]
+    if name == "graphics":
+        return _graphics_after(want)
     if isinstance(want, dict) and name in ("tuning.vcpu_pins", "tuning.iothread_pins"):
         return {str(k): v for k, v in sorted(want.items())}
     return want

@@ -41,7 +41,10 @@ attributes:
       play, with a warning, so a provisioning playbook can run in check mode from nothing;
       the real run with the same input fails before any change if it is still missing.
   diff_mode:
-    description: Shows the managed settings (and the run state) before and after.
+    description:
+      - Shows the managed settings (and the run state) before and after.
+      - A console password shows as C(secret:) and a digest under a random key of the run
+        (equal before and after when unchanged), never as the password.
     support: full
   idempotent:
     description: A second run with the same options reports no change.
@@ -264,7 +267,9 @@ options:
         description: MTU of the guest side.
         type: int
   graphics:
-    description: The graphical console.
+    description:
+      - The graphical console. Only the settings given are managed; changing the others (say
+        O(graphics.listen)) keeps the console's existing password.
     type: dict
     suboptions:
       type:
@@ -279,7 +284,15 @@ options:
         description: Fixed port; automatic when not given.
         type: int
       password:
-        description: Password of the console.
+        description:
+          - Password of the console. When not given, the existing password is kept (also when
+            O(graphics.type), O(graphics.listen) or O(graphics.port) change).
+          - The empty string V("") removes the password.
+          - A V(vnc) console takes at most 8 characters (QEMU's VNC authentication); a longer
+            one fails before anything is changed. V(spice) has no such limit.
+          - Compared with the stored one by a keyed digest. It never appears in the module's
+            results, diff, warnings or errors (nor does a password already stored on the guest),
+            in raw, XML-escaped or JSON-escaped form.
         type: str
   serials:
     description:
@@ -553,6 +566,20 @@ EXAMPLES = r"""
     timeout: 60
     force: true
 
+- name: Open the console on every address; its password stays as it is
+  virtops.kvm.domain:
+    name: web1
+    graphics:
+      type: vnc
+      listen: 0.0.0.0
+
+- name: Remove the console password
+  virtops.kvm.domain:
+    name: web1
+    graphics:
+      type: vnc
+      password: ""
+
 - name: Remove the guest and its volumes
   virtops.kvm.domain:
     name: web1
@@ -624,7 +651,10 @@ kept_volumes:
       returned: success
       sample: "in use: guest web2 (running) disk vdb uses data.qcow2"
 xml:
-  description: The inactive definition after the run (predicted in check mode).
+  description:
+    - The inactive definition after the run (predicted in check mode).
+    - Without console passwords (the C(passwd) attribute is left out, as libvirt does without
+      C(VIR_DOMAIN_XML_SECURE)); any other text that equals a known password is masked.
   returned: unless absent
   type: str
 """

@@ -110,7 +110,8 @@ guests:
     config:
       description: The managed settings of the definition (as M(virtops.kvm.domain) names
         them), for example C(memory), C(max_memory) (MiB), C(vcpus), C(machine),
-        C(firmware), C(tags), C(tuning).
+        C(firmware), C(tags), C(tuning). C(graphics) has no C(password), console passwords
+        are never read here.
       type: dict
     disks:
       description: Disks and CD-ROMs (target, device, bus, path or pool and volume, format...).
@@ -130,7 +131,9 @@ guests:
       elements: str
       returned: when something failed
     xml:
-      description: The definition.
+      description:
+        - The definition. It never contains console passwords (libvirt's view without
+          C(VIR_DOMAIN_XML_SECURE)).
       type: str
       returned: when O(include_xml=true)
 """
