@@ -196,3 +196,31 @@ def test_spice_password_too_long_for_vnc_is_refused_when_kept(conn):
         run(conn, **BASE, graphics={"type": "vnc"})
     assert "123456789" not in str(err.value)
     assert stored_password(conn) == "123456789"
+
+
+def test_a_concurrent_change_of_the_password_alone_is_not_undone(conn):
+    """The lost-update guard reads securely, so it sees a password-only change."""
+    run(conn, **BASE, graphics={"type": "vnc", "password": "old"})
+    secure = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    raced = []
+
+    class Racing(DomainManager):
+        def _read_guard(self, name, dom):
+            guard = super()._read_guard(name, dom)
+            reread = guard.reread
+
+            def racing_reread():
+                if not raced:  # someone sets a new password between our read and our write
+                    raced.append(True)
+                    root = _xml.parse(dom.XMLDesc(secure), "domain XML")
+                    root.find("devices/graphics").set("passwd", "n3wPw")
+                    conn.defineXML(_xml.to_string(root))
+                return reread()
+
+            guard.reread = racing_reread
+            return guard
+
+    result = Racing(FakeKvm(conn, dict(BASE, memory=200))).run()
+    assert raced and result["changes"] == ["memory"]
+    assert stored_password(conn) == "n3wPw"
+    assert "n3wPw" not in json.dumps(result)
