@@ -117,11 +117,15 @@ class Redactor:
         return value
 
     def data(self, value: Any) -> Any:
-        """A copy of plain data (dicts, lists, strings) with every secret masked."""
+        """A copy of plain data (dicts, lists, strings) with every secret masked.
+
+        Dict keys are left alone: they are the collection's own names (``changed``, ``xml``,
+        field names), which a short password must not mask away.
+        """
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {self.data(k): self.data(v) for k, v in value.items()}
+            return {k: self.data(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self.data(v) for v in value)
         return value

@@ -93,12 +93,18 @@ def test_redactor_masks_every_form_in_text_and_nested_data():
     data = {
         "xml": escaped_xml,
         "warn": [f"raw {PW}", json.dumps({"p": PW})],
-        PW: ("key", 1, None),
+        "tuple": ("key", 1, None, PW),
     }
     out = json.dumps(r.data(data))
     for form in forms(PW):
         assert form not in out
     assert MASK in out and "listen" in out
+
+
+def test_redactor_keeps_result_keys_even_for_a_password_like_them():
+    r = Redactor()
+    r.add("changed")
+    assert r.data({"changed": True, "msg": "changed it"}) == {"changed": True, "msg": f"{MASK} it"}
 
 
 def test_redactor_xml_strips_secret_attributes_structurally():
