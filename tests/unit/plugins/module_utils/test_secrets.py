@@ -177,7 +177,7 @@ def test_reconciler_keeps_and_never_returns_the_password(conn):
 
 def test_reconciler_removes_the_password_with_empty_string(conn):
     run(conn, **BASE, graphics={"type": "vnc", "password": "abc"})
-    result, _ = run(conn, **BASE, graphics={"type": "vnc", "password": ""})
+    result = run(conn, **BASE, graphics={"type": "vnc", "password": ""})[0]
     assert result["changes"] == ["graphics"]
     assert stored_password(conn) is None
 
