@@ -39,7 +39,6 @@ except ImportError:  # reported by the module wrapper
     libvirt = None
 
 MIB = 1024 * 1024
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 @dataclass
@@ -368,6 +367,18 @@ def _check_iothreads(f: dict[str, Any]) -> None:
             )
 
 
+def _source(disk: Disk) -> tuple:
+    return (disk.path or None, disk.pool, disk.volume)
+
+
+def _format_needed(disk: Disk, what: str, reason: str) -> KvmValidationError:
+    return KvmValidationError(
+        f"disks: set format (raw or qcow2) for disk {disk.target} ({what}): {reason}. A "
+        "format is never guessed from a file's contents, which the guest can write (a qcow2 "
+        "header naming any host file as its backing image)"
+    )
+
+
 # --------------------------------------------------------------------------- host checks
 class HostChecks:
     """What the host has, asked through libvirt (and the local filesystem for local URIs).
@@ -407,12 +418,14 @@ class HostChecks:
             f["machine"] = self.canonical_machine(f["machine"])
         if "disks" in f:
             self._assign_targets(f["disks"], actual_root)
+            actual = {}
+            if actual_root is not None:
+                actual = {d.target: _source(d) for d in read_disks(actual_root)}
             for disk in f["disks"].disks:
-                existing = None
-                if actual_root is not None:
-                    existing = {d.target: d for d in read_disks(actual_root)}.get(disk.target)
-                if existing is None and disk.format is None and disk.device == "disk":
-                    disk.format = self.probe_format(disk)
+                # a disk already in the definition keeps its format; a new source needs one
+                kept = actual.get(disk.target) == _source(disk)
+                if not kept and disk.format is None and disk.device == "disk":
+                    disk.format = self.disk_format(disk)
         if actual_root is not None:
             self._relations(wish, actual_root)
         self._vcpu_relations(wish, actual_root)
@@ -678,25 +691,46 @@ class HostChecks:
                 raise KvmValidationError(f"Unknown {kind} {name!r} on the host") from exc
             # no interface driver on that host: libvirt reports it when the guest starts
 
-    def probe_format(self, disk: Disk) -> str | None:
-        """The image format of a new disk: the volume's, or qcow2 magic in the file (None in
-        check mode for a volume that is not there yet: unknown until it exists)."""
+    def disk_format(self, disk: Disk) -> str | None:
+        """The image format of a new disk without ``format``: what its storage pool says of
+        the volume (a pool volume, or a path libvirt knows as one). Never read from the
+        file's own bytes: the guest writes them, and a planted qcow2 header could name any
+        host file as its backing image. None where check mode assumes the volume or file."""
         if disk.volume is not None:
             vol = self.volume(disk.pool, disk.volume)
-            if vol is None:
-                return None
-            try:
-                root = _xml.parse(vol.XMLDesc(0), "volume XML")
-            except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, f"read volume {disk.volume}") from exc
-            return _xml.attr(root, "target/format", "type") or "raw"
-        if self.local and disk.path and os.path.isfile(disk.path):
-            try:
-                with open(disk.path, "rb") as handle:
-                    return "qcow2" if handle.read(4) == QCOW2_MAGIC else "raw"
-            except OSError:
-                return "raw"
-        return "raw"
+            return (
+                None
+                if vol is None
+                else self._volume_format(vol, disk, f"{disk.pool}/{disk.volume}")
+            )
+        path = disk.path or ""
+        if not os.path.isabs(path) or (self.local and not os.path.exists(path)):
+            return None  # check_exists reports it (or assumes it in check mode)
+        try:
+            vol = self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as exc:
+            if not is_error(exc, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                raise from_libvirt(exc, f"look up the storage volume of {path}") from exc
+            raise _format_needed(
+                disk, path, "it is not a volume of a running storage pool"
+            ) from None
+        return self._volume_format(vol, disk, path)
+
+    @staticmethod
+    def _volume_format(vol, disk: Disk, what: str) -> str:
+        """The pool's format of a volume. A file-based pool reads it from the file's header,
+        as it reads the backing file: one the pool reports with a backing or data file
+        needs ``format`` from the user, since the guest may have written that header."""
+        try:
+            root = _xml.parse(vol.XMLDesc(0), "volume XML")
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"read volume {what}") from exc
+        backing = _xml.text(root, "backingStore/path") or _xml.text(root, "dataStore/path")
+        if backing:
+            raise _format_needed(
+                disk, what, f"its storage pool read its header, which names {backing} as backing"
+            )
+        return _xml.attr(root, "target/format", "type") or "raw"
 
     # -- memory
     def check_memory(self, max_memory_mib: int | None, *, starting: bool) -> None:

@@ -188,7 +188,17 @@ options:
         description: Target device name in the guest definition (V(vda), V(sdb)...).
         type: str
       format:
-        description: Image format. Read from the volume or the file when not given.
+        description:
+          - Image format. Never guessed from the file's contents, which the guest can write (a
+            qcow2 header planted in a raw disk could name any host file as backing image).
+          - When not given for a new disk, the format is the one its storage pool reports for
+            the volume (O(disks[].pool) and O(disks[].volume), or a O(disks[].path) that a
+            running pool lists as a volume; refresh the pool after copying a file into it). A
+            volume the pool reports with a backing file, or a path outside every running
+            pool, needs O(disks[].format); without it the module fails before changing anything.
+          - A disk already in the definition (same target and source) keeps its format.
+          - In check mode, the format of a volume or file that does not exist yet stays
+            unknown.
         type: str
         choices: [raw, qcow2]
       cache:
@@ -533,6 +543,7 @@ EXAMPLES = r"""
     cmdline: console=ttyS0 auto=true url=http://192.0.2.10/preseed.cfg
     disks:
       - path: /var/lib/libvirt/images/installer.qcow2
+        format: qcow2  # a file outside every pool needs its format: never guessed
     serials:
       - type: pty
 

@@ -143,13 +143,14 @@ def rich_spec(name: str, files: Path) -> dict:
         "disks": [
             {
                 "path": str(files / "a.img"),
+                "format": "raw",
                 "cache": "none",
                 "io": "native",
                 "discard": "unmap",
                 "serial": "disk-a",
                 "iotune": {"total_iops_sec": 500},
             },
-            {"path": str(files / "b.qcow2"), "bus": "scsi", "readonly": True},
+            {"path": str(files / "b.qcow2"), "format": "qcow2", "bus": "scsi", "readonly": True},
         ],
         "interfaces": [{"network": "default"}, {"network": "default", "mtu": 1400}],
         "graphics": {"type": "vnc", "listen": "127.0.0.1"},
@@ -222,7 +223,7 @@ def test_check_mode_predicts_and_leaves_xml_identical(playbook, conn, name_prefi
 @pytest.mark.integration
 def test_xml_fragment_and_conflict(playbook, conn, name_prefix, files):
     name = f"{name_prefix}-xml"
-    base = {"name": name, "memory": 128, "disks": [{"path": str(files / "a.img")}]}
+    base = {"name": name, "memory": 128, "disks": [{"path": str(files / "a.img"), "format": "raw"}]}
     run = playbook(four_times(dict(base, xml="<clock offset='localtime'/>")))
     assert_converges(run)
     assert "offset='localtime'" in inactive(conn, name)
@@ -286,7 +287,11 @@ def test_bad_input_fails_before_anything_changes(playbook, conn, name_prefix, fi
     stopped = conn.networkDefineXML(f"<network><name>{name_prefix}-off</name></network>")
     assert not stopped.isActive()
     existing = f"{name_prefix}-ok"
-    base = {"name": existing, "memory": 128, "disks": [{"path": str(files / "a.img")}]}
+    base = {
+        "name": existing,
+        "memory": 128,
+        "disks": [{"path": str(files / "a.img"), "format": "raw"}],
+    }
     assert playbook([task("create", base)]).rc == 0
     before = inactive(conn, existing)
     tasks = []
@@ -447,7 +452,7 @@ def test_tiny_playbook_twice_then_check_diff_shows_the_edit(
     spec, guest = tiny
     spec = dict(
         spec,
-        disks=[*spec["disks"], {"path": str(files / "a.img"), "cache": "none"}],
+        disks=[*spec["disks"], {"path": str(files / "a.img"), "format": "raw", "cache": "none"}],
         interfaces=[{"network": lab_network}],
         tuning={"vcpu_pins": [{"vcpu": 0, "cpuset": "0"}, {"vcpu": 1, "cpuset": "1"}]},
         tags=["lab"],

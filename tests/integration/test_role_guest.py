@@ -236,13 +236,23 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
         "<target><format type='qcow2'/></target></volume>",
         0,
     )
+    # extra disks attached as they are: a raw volume (the pool's format, not qcow2) and a file
+    # outside every pool with its format
+    pool.createXML(
+        "<volume><name>data.img</name><capacity>16777216</capacity>"
+        "<target><format type='raw'/></target></volume>",
+        0,
+    )
+    outside = tmp / "outside.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(outside), "16M"], check=True)
     guests = [
         {"name": f"{name_prefix}-iso", "state": "present", "iso": str(iso), "disk_size": "1GiB",
          "memory": 256},
         {"name": f"{name_prefix}-tree", "state": "present", "memory": 256, "disk_size": "1GiB",
          "install_tree": {"url": f"file://{tree}", "preseed": str(preseed)}},
         {"name": f"{name_prefix}-imp", "state": "present", "memory": 256,
-         "import": {"pool": lab["pool"], "volume": "existing.qcow2"}},
+         "import": {"pool": lab["pool"], "volume": "existing.qcow2"},
+         "disks": [{"volume": "data.img"}, {"path": str(outside), "format": "raw"}]},
     ]  # fmt: skip
     runs = four_times(tmp, role_play(lab, guests))
     for run in runs:
@@ -269,6 +279,8 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
 
     imp_xml = domain_xml(conn, f"{name_prefix}-imp")
     assert imp_xml.find("devices/disk/source").get("volume") == "existing.qcow2"
+    formats = [d.find("driver").get("type") for d in imp_xml.findall("devices/disk")]
+    assert formats == ["qcow2", "raw", "raw"]  # the pool's, the pool's, the user's
     assert imp_xml.find("os/kernel") is None
 
     # Removing them deletes the disks the role made, never an imported one.
@@ -278,5 +290,5 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
     assert not [d for d in conn.listAllDomains(0) if d.name().startswith(name_prefix)]
     assert not boot.exists()
     pool.refresh(0)
-    assert pool.listVolumes() == ["existing.qcow2"]
+    assert sorted(pool.listVolumes()) == ["data.img", "existing.qcow2"]
     shutil.rmtree(tmp / "iso")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import libvirt
 import pytest
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _xml
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_lifecycle import (
     Lifecycle,
     plan,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_spec import (
+    HostChecks,
     desired_from_params,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
@@ -172,3 +175,141 @@ def test_shutdown_forced_after_timeout():
     life = Lifecycle(dom, timeout=20, force=True, clock=clock, sleep=clock.sleep)
     life.shutdown()
     assert dom.destroyed and life.forced
+
+
+# --------------------------------------------------------------------------- disk formats
+# A raw file whose first bytes are a qcow2 header naming a backing file (as a guest can
+# write into its own disk): magic, version 3, backing file offset 0x200, length 11.
+PLANTED = b"QFI\xfb\0\0\0\3" + (0x200).to_bytes(8, "big") + (11).to_bytes(4, "big")
+
+
+def libvirt_error(code: int) -> libvirt.libvirtError:
+    exc = libvirt.libvirtError("fake")
+    exc.err = (code, libvirt.VIR_FROM_STORAGE, "fake", 2, None, None, None, 0, 0)
+    return exc
+
+
+def volume_xml(fmt: str | None, backing: str | None = None) -> str:
+    target = f"<target><format type='{fmt}'/></target>" if fmt else "<target/>"
+    store = f"<backingStore><path>{backing}</path></backingStore>" if backing else ""
+    return f"<volume><name>v</name>{target}{store}</volume>"
+
+
+class FakeVolume:
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
+
+    def XMLDesc(self, flags):
+        return self.xml
+
+
+class FakePool:
+    def __init__(self, volumes: dict[str, str]) -> None:
+        self.volumes = volumes
+
+    def isActive(self):
+        return 1
+
+    def storageVolLookupByName(self, name):
+        if name not in self.volumes:
+            raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL)
+        return FakeVolume(self.volumes[name])
+
+
+class FakeStorage:
+    """Pools by name and volumes by path, as libvirt knows them; counts path look-ups."""
+
+    def __init__(self, pools=None, paths=None) -> None:
+        self.pools = pools or {}
+        self.paths = paths or {}
+        self.path_lookups: list[str] = []
+
+    def storagePoolLookupByName(self, name):
+        if name not in self.pools:
+            raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_POOL)
+        return FakePool(self.pools[name])
+
+    def storageVolLookupByPath(self, path):
+        self.path_lookups.append(path)
+        if path not in self.paths:
+            raise libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL)
+        return FakeVolume(self.paths[path])
+
+
+def completed(conn, disks, *, actual=None, check_mode=False):
+    wish = desired_from_params({"name": "g", "disks": disks})
+    root = _xml.parse(actual, "domain XML") if actual else None
+    HostChecks(conn, "qemu:///system", check_mode=check_mode).complete(wish, root)
+    return [d.format for d in wish.fields["disks"].disks]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(PLANTED + b"\0" * (0x200 - len(PLANTED)) + b"/etc/shadow" + b"\0" * 4096)
+    return str(path)
+
+
+def test_a_planted_qcow2_header_is_not_read_the_format_is_asked_for(planted):
+    conn = FakeStorage()
+    with pytest.raises(KvmValidationError) as err:
+        completed(conn, [{"path": planted}])
+    msg = str(err.value)
+    assert "set format" in msg
+    assert f"disk vda ({planted})" in msg
+    assert "not a volume of a running storage pool" in msg
+    assert conn.path_lookups == [planted]
+
+
+def test_a_given_format_is_kept_and_nothing_is_looked_up(planted):
+    conn = FakeStorage()
+    assert completed(conn, [{"path": planted, "format": "raw"}]) == ["raw"]
+    assert conn.path_lookups == []
+
+
+def test_a_pool_volume_takes_the_pools_format():
+    conn = FakeStorage(pools={"p": {"a.qcow2": volume_xml("qcow2"), "b": volume_xml(None)}})
+    disks = [{"pool": "p", "volume": "a.qcow2"}, {"pool": "p", "volume": "b"}]
+    assert completed(conn, disks) == ["qcow2", "raw"]
+
+
+def test_a_path_libvirt_knows_as_a_volume_takes_the_pools_format(tmp_path):
+    path = tmp_path / "known.qcow2"
+    path.write_bytes(b"\0" * 512)  # the bytes do not matter: the pool's word does
+    conn = FakeStorage(paths={str(path): volume_xml("qcow2")})
+    assert completed(conn, [{"path": str(path)}]) == ["qcow2"]
+
+
+def test_a_volume_the_pool_reports_with_a_backing_file_needs_format():
+    conn = FakeStorage(pools={"p": {"v.img": volume_xml("qcow2", backing="/etc/shadow")}})
+    with pytest.raises(KvmValidationError, match=r"set format .* names /etc/shadow as backing"):
+        completed(conn, [{"pool": "p", "volume": "v.img"}])
+    assert completed(conn, [{"pool": "p", "volume": "v.img", "format": "qcow2"}]) == ["qcow2"]
+
+
+def test_an_existing_disk_keeps_its_format_a_new_source_needs_one(planted, tmp_path):
+    actual = (
+        "<domain><name>g</name><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{planted}'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    conn = FakeStorage()
+    assert completed(conn, [{"path": planted}], actual=actual) == [None]  # stays qcow2
+    assert conn.path_lookups == []
+    other = tmp_path / "other.img"
+    other.write_bytes(b"\0" * 512)
+    with pytest.raises(KvmValidationError, match=r"set format .* disk vda"):
+        completed(conn, [{"path": str(other), "target": "vda"}], actual=actual)
+
+
+def test_check_mode_leaves_the_format_of_what_is_not_there_yet_unknown(tmp_path):
+    conn = FakeStorage(pools={"p": {}})
+    disks = [{"pool": "p", "volume": "later.qcow2"}, {"path": str(tmp_path / "later.img")}]
+    assert completed(conn, disks, check_mode=True) == [None, None]
+    assert conn.path_lookups == []
+
+
+def test_a_cdrom_needs_no_format(tmp_path):
+    iso = tmp_path / "install.iso"
+    iso.write_bytes(b"\0" * 4096)
+    assert completed(FakeStorage(), [{"path": str(iso), "device": "cdrom"}]) == [None]
