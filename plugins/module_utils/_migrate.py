@@ -16,11 +16,8 @@ say where the guest is.
 from __future__ import annotations
 
 import datetime
-import fcntl
-import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn
@@ -36,6 +33,7 @@ from ._migrate_place import (
     CheckRequest,
     Disk,
     GuestNeeds,
+    PlacementLock,
     check_destination,
     choose,
     host_uuid,
@@ -321,27 +319,6 @@ class Progress:
         self._write(dict(record, guest=self.guest, event="progress"))
 
 
-class PlacementLock:
-    """Serialises choosing a destination among the same candidates across parallel runs on
-    one machine, until the chosen destination shows the incoming guest (so the next run
-    counts its memory)."""
-
-    def __init__(self, candidates: list[str]) -> None:
-        digest = hashlib.sha256("\n".join(sorted(candidates)).encode()).hexdigest()[:16]
-        self.path = os.path.join(tempfile.gettempdir(), f"virtops-kvm-placement-{digest}.lock")
-        self._handle = None
-
-    def acquire(self) -> None:
-        self._handle = open(self.path, "a")  # held until release()
-        fcntl.flock(self._handle, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
 @dataclass
 class Destination:
     uri: str
@@ -547,7 +524,7 @@ class Migrator:
         )
         if self.p["dest_candidates"]:
             self.lock = PlacementLock([d.uri for d in self.dests])
-            self.lock.acquire()
+            self.lock.acquire(f"migration of guest {name}")
         candidates = self._check_all(src, needs)
         chosen = choose(candidates)
         placement = [c.as_dict() for c in candidates]

@@ -8,17 +8,22 @@
 ``GuestNeeds`` is read from the guest's XML (networks, pools, disks, CPU, memory).
 ``check_destination`` asks a destination connection, read-only, whether it can take the
 guest and returns a ``Candidate`` with the reasons it cannot. ``choose`` picks the
-candidate with the most uncommitted memory among those that can.
+candidate with the most uncommitted memory among those that can. ``PlacementLock`` makes
+parallel runs on one machine take turns at choosing.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import stat
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import _xml
-from ._errors import is_error
+from ._errors import KvmError, KvmTimeoutError, is_error
 
 try:
     import libvirt
@@ -363,3 +368,106 @@ def choose(candidates: list[Candidate]) -> Candidate | None:
         return (mem.uncommitted_mib, mem.free_mib, -index)
 
     return max(enumerate(able), key=key)[1]
+
+
+# --------------------------------------------------------------------------- placement lock
+PLACEMENT_LOCK_TIMEOUT = 600  # seconds; the holder releases within ~30 s of starting its job
+PLACEMENT_LOCK_POLL = 0.2
+
+
+def lock_directory() -> str:
+    """Where placement locks live: a directory only this user can enter (``/run/virtops-kvm``
+    for root, else under ``$XDG_RUNTIME_DIR`` or the user's cache), never a shared /tmp."""
+    if os.geteuid() == 0:
+        return "/run/virtops-kvm"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "virtops-kvm")
+    return os.path.join(os.path.expanduser("~"), ".cache", "virtops-kvm", "locks")
+
+
+def private_directory(path: str) -> str:
+    """Create ``path`` mode 0700 (or tighten it) and make sure it is a real directory owned
+    by this user, so no other local user can plant or swap a file in it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise KvmError(f"Cannot create the lock directory {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise KvmError(
+            f"The lock directory {path} is not a directory owned by this user "
+            f"(uid {os.geteuid()}); remove it or fix it"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+class PlacementLock:
+    """Serialises choosing a destination among the same candidates across parallel runs on
+    one machine, until the chosen destination shows the incoming guest (so the next run
+    counts its memory). Waits at most ``timeout`` seconds for its turn."""
+
+    def __init__(
+        self,
+        candidates: list[str],
+        *,
+        directory: str | None = None,
+        timeout: float = PLACEMENT_LOCK_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        digest = hashlib.sha256("\n".join(sorted(candidates)).encode()).hexdigest()[:16]
+        self.directory = directory or lock_directory()
+        self.path = os.path.join(self.directory, f"placement-{digest}.lock")
+        self.timeout = timeout
+        self._clock, self._sleep = clock, sleep
+        self._fd: int | None = None
+
+    def acquire(self, holder: str = "") -> None:
+        private_directory(self.directory)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            raise KvmError(f"Cannot open the placement lock {self.path}: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KvmError(f"The placement lock {self.path} is not a regular file")
+            deadline = self._clock() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._clock() >= deadline:
+                        raise KvmTimeoutError(
+                            f"Waited {self.timeout:g} s for the placement lock {self.path}, "
+                            f"held by {self._holder(fd) or 'an unknown process'}; another "
+                            "migration is choosing a destination among the same hosts",
+                            lock=self.path,
+                        ) from None
+                    self._sleep(PLACEMENT_LOCK_POLL)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} {holder}".strip().encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None

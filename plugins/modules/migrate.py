@@ -99,8 +99,10 @@ options:
         active guests (ties go to the earlier one in the list). The source host is skipped,
         so the same list can be used for every host.
       - Runs of the module on one machine that share a candidate list take turns choosing
-        (a lock file in the temporary directory) until the chosen host shows the incoming
-        guest, so parallel runs do not all pick the same host.
+        until the chosen host shows the incoming guest, so parallel runs do not all pick the
+        same host. The lock file is in C(/run/virtops-kvm) (mode 0700; for a user other than
+        root, in C($XDG_RUNTIME_DIR/virtops-kvm)); a run waits at most 600 seconds for its
+        turn, then fails naming the lock file and the run that holds it.
       - When no candidate can take the guest, fails with each candidate's reasons.
     type: list
     elements: str
