@@ -59,7 +59,6 @@ def tiny(tiny_guest, name_prefix):
         else:
             guest = tiny_guest(name, start=False)
             guest.marker_path = guest.files.marker_disk
-        _own_kernel(guest)
         if start:
             guest.dom.create()
             guest.wait_heartbeat(0, timeout=BOOT_TIMEOUT)
@@ -68,28 +67,6 @@ def tiny(tiny_guest, name_prefix):
     yield _make
     for path in made_dirs:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _own_kernel(guest: TinyGuest) -> None:
-    """Give the guest its own copy of the kernel and initrd, and ``no_timer_check``.
-
-    Two failures of the shared lab set-up seen on this loaded machine: libvirt refusing to
-    start a guest ("Setting different DAC user or group on .../vmlinuz which is already in
-    use", the shared kernel's remembered owner), which also breaks libvirt's offline
-    external-snapshot delete (it starts QEMU paused to commit); and the kernel panicking
-    with "IO-APIC + timer doesn't work!" when TCG runs too slowly for its timer check.
-    """
-    dom = guest.dom
-    root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    for tag in ("kernel", "initrd"):
-        el = root.find(f"os/{tag}")
-        copy = guest.files.dir / Path(el.text).name
-        shutil.copyfile(el.text, copy)
-        copy.chmod(0o644)
-        el.text = str(copy)
-    cmdline = root.find("os/cmdline")
-    cmdline.text = f"{cmdline.text} no_timer_check"
-    guest.conn.defineXML(etree.tostring(root, encoding="unicode"))
 
 
 def marker_disk(guest: TinyGuest) -> Path:

@@ -143,6 +143,8 @@ class TinyGuestFiles:
     console_log: Path
     command_socket: Path
     marker_disk: Path | None
+    kernel: Path
+    initrd: Path
 
 
 def prepare_tiny_files(
@@ -169,7 +171,26 @@ def prepare_tiny_files(
         disk.chmod(0o644)
     COMMAND_SOCKET_DIR.mkdir(mode=0o755, exist_ok=True)
     sock = COMMAND_SOCKET_DIR / f"{name}.cmd.sock"
-    return TinyGuestFiles(gdir, gdir / "console.log", sock, disk)
+    kernel, initrd = own_boot_files(gdir, image)
+    return TinyGuestFiles(gdir, gdir / "console.log", sock, disk, kernel, initrd)
+
+
+def own_boot_files(gdir: Path, image) -> tuple[Path, Path]:
+    """Copies of the image's kernel and initrd in the guest's directory.
+
+    libvirt's DAC driver relabels a guest's kernel and counts its users in extended
+    attributes of the file (``remember_owner``). Guests sharing the cached kernel are refused
+    ("Setting different DAC user or group on .../vmlinuz which is already in use") once that
+    count goes stale, e.g. after a QEMU or libvirtd killed by a fault test. A copy per guest
+    (plain copy: no extended attributes) costs ~10 MB and a few milliseconds.
+    """
+    copies = []
+    for src in (image.kernel, image.initrd):
+        dst = gdir / Path(src).name
+        shutil.copyfile(src, dst)
+        dst.chmod(0o644)
+        copies.append(dst)
+    return copies[0], copies[1]
 
 
 def tiny_domain_xml(
@@ -195,8 +216,8 @@ def tiny_domain_xml(
         name,
         memory_mib=memory_mib,
         vcpus=vcpus,
-        kernel=image.kernel,
-        initrd=image.initrd,
+        kernel=files.kernel,
+        initrd=files.initrd,
         cmdline=f"{image.cmdline} {cmdline_extra}".strip(),
         devices=devices,
     )
@@ -359,6 +380,8 @@ class DebianGuestFiles:
     disk: Path
     seed_iso: Path
     console_log: Path
+    kernel: Path
+    initrd: Path
 
 
 def prepare_debian_files(
@@ -385,7 +408,8 @@ def prepare_debian_files(
         check=True,
     )
     disk.chmod(0o644)
-    return DebianGuestFiles(gdir, disk, gdir / "seed.iso", gdir / "console.log")
+    kernel, initrd = own_boot_files(gdir, image)
+    return DebianGuestFiles(gdir, disk, gdir / "seed.iso", gdir / "console.log", kernel, initrd)
 
 
 def debian_domain_xml(
@@ -415,8 +439,8 @@ def debian_domain_xml(
         name,
         memory_mib=memory_mib,
         vcpus=vcpus,
-        kernel=image.kernel,
-        initrd=image.initrd,
+        kernel=files.kernel,
+        initrd=files.initrd,
         cmdline=image.cmdline,
         devices=devices,
     )
