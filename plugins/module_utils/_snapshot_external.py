@@ -362,7 +362,9 @@ class _Revert:
 
     def switch_definition(self) -> None:
         name = self.dom.name()
-        old = domain_xml(self.dom, inactive=True)
+        # written back whole by defineXML: a read without secrets would drop the console
+        # password (never returned: only defined, or redefined on undo)
+        old = domain_xml(self.dom, inactive=True, secure=True)
         root = _xml.parse(old, "domain XML")
         by_target = {d.target: d for d in self.plan.disks}
         for disk in root.findall("devices/disk"):

@@ -255,8 +255,12 @@ def lookup_domain(conn, name: str):
         raise from_libvirt(exc, f"look up guest {name}") from exc
 
 
-def domain_xml(dom, *, inactive: bool = False) -> str:
+def domain_xml(dom, *, inactive: bool = False, secure: bool = False) -> str:
+    """The guest's XML; ``secure`` (with secrets such as console passwords) only for a
+    definition that is written back, never for one that is returned."""
     flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+    if secure:
+        flags |= libvirt.VIR_DOMAIN_XML_SECURE
     try:
         return dom.XMLDesc(flags)
     except libvirt.libvirtError as exc:

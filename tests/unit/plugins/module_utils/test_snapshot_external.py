@@ -41,6 +41,7 @@ DOMAIN = """<domain type='qemu'>
       <target dev='sda' bus='sata'/>
       <readonly/>
     </disk>
+    <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>
   </devices>
 </domain>"""
 
@@ -143,7 +144,9 @@ class FakeDom:
         return self.active
 
     def XMLDesc(self, flags=0):
-        return self.xml
+        if flags & libvirt.VIR_DOMAIN_XML_SECURE:
+            return self.xml
+        return self.xml.replace(" passwd='s3cret'", "")  # as libvirt: secrets only on request
 
     def connect(self):
         return FakeConn(self)
@@ -293,6 +296,9 @@ def test_revert_makes_new_overlays_before_stopping_and_removes_old_ones_last(gue
         "vdb": f"{tmp_path}/vdb.s1.qcow2",
     }
     assert guest.active
+    # the definition written back keeps the console password (read with XML_SECURE)
+    graphics = etree.fromstring(guest.xml).find("devices/graphics")
+    assert graphics.get("passwd") == "s3cret"
 
 
 def test_revert_to_a_snapshot_with_a_child_forks_and_keeps_the_childs_base(guest, tmp_path):
