@@ -10,6 +10,7 @@ the job of the Molecule scenario (test_role_guest_molecule.py).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import stat
@@ -106,6 +107,17 @@ def four_times(tmp_path, plays):
         assert bool(changed) is expect, (check, changed)
         runs.append(run)
     return runs
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def seed_password_hash(seed_dir: Path, name: str) -> str:
+    lines = (seed_dir / name / "user-data").read_text().splitlines()
+    hashes = [ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("passwd:")]
+    assert len(hashes) == 1, lines
+    return hashes[0]
 
 
 def domain_xml(conn, name: str) -> etree._Element:
@@ -275,7 +287,12 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
     assert injected.startswith(original)
     archive = gzip.decompress(injected[len(original) :])
     assert b"preseed.cfg" in archive and SECRET.encode() in archive
-    assert stat.S_IMODE((boot / "inject" / "preseed.cfg").stat().st_mode) == 0o600
+    # Private: the answers and the initrd holding them 0600, directories QEMU only searches.
+    assert mode(boot / "inject" / "preseed.cfg") == 0o600
+    assert mode(boot / "inject") == 0o700
+    assert mode(boot / "initrd") == 0o600
+    assert mode(boot) == 0o711 and mode(lab["boot_dir"]) == 0o711
+    assert sorted(p.name for p in boot.iterdir()) == ["initrd", "initrd.orig", "inject", "kernel"]
 
     imp_xml = domain_xml(conn, f"{name_prefix}-imp")
     assert imp_xml.find("devices/disk/source").get("volume") == "existing.qcow2"
@@ -292,3 +309,56 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
     pool.refresh(0)
     assert sorted(pool.listVolumes()) == ["data.img", "existing.qcow2"]
     shutil.rmtree(tmp / "iso")
+
+
+def test_seed_password_hash_has_a_random_salt_and_is_kept(conn, lab, name_prefix):
+    image = lab["tmp"] / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    names = [f"{name_prefix}-s1", f"{name_prefix}-s2"]
+    guests = [
+        {"name": n, "state": "present", "memory": 256, "disk_size": "1GiB",
+         "image": {"path": str(image)}, "cloud_init": {"password": SECRET}}
+        for n in names
+    ]  # fmt: skip
+    plays = role_play(lab, guests, guest_image_pool=lab["pool"])
+    run = run_playbook(lab["tmp"], plays=plays)
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    seeds = lab["seed_dir"]
+    hashes = {n: seed_password_hash(seeds, n) for n in names}
+    salts = {n: h.split("$")[2] for n, h in hashes.items()}
+    assert salts[names[0]] != salts[names[1]]
+    for name, salt in salts.items():
+        assert salt != hashlib.sha256((name + SECRET).encode()).hexdigest()[:16]  # the old salt
+        again = subprocess.run(
+            ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
+            input=SECRET + "\n", capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert again.stdout.strip() == hashes[name]
+        assert mode(seeds / name) == 0o700 and mode(seeds / f"{name}.iso") == 0o600
+        for item in ("user-data", "meta-data", "network-config"):
+            assert mode(seeds / name / item) == 0o600
+    assert mode(seeds) == 0o711
+    isos = {n: (seeds / f"{n}.iso").read_bytes() for n in names}
+
+    # Again: the hashes verify, so the seeds are kept as they are.
+    run = run_playbook(lab["tmp"], plays=plays, diff=True)
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert [e["task"] for e in run.results if e["result"].get("changed")] == []
+    assert {n: seed_password_hash(seeds, n) for n in names} == hashes
+    assert {n: (seeds / f"{n}.iso").read_bytes() for n in names} == isos
+    assert SECRET not in run.stdout + run.stderr
+    for h in hashes.values():
+        assert h not in run.stdout + run.stderr and h.split("$")[3] not in run.stdout
+
+    # A new password gives that guest a new hash; the other keeps its own.
+    guests[0]["cloud_init"]["password"] = SECRET + "-2"
+    run = run_playbook(lab["tmp"], plays=role_play(lab, guests, guest_image_pool=lab["pool"]))
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert seed_password_hash(seeds, names[0]) != hashes[names[0]]
+    assert seed_password_hash(seeds, names[1]) == hashes[names[1]]
+    assert (seeds / f"{names[0]}.iso").read_bytes() != isos[names[0]]
+    assert (seeds / f"{names[1]}.iso").read_bytes() == isos[names[1]]
+
+    gone = [dict(g, state="absent") for g in guests]
+    run = run_playbook(lab["tmp"], plays=role_play(lab, gone, guest_image_pool=lab["pool"]))
+    assert run.rc == 0, run.stdout[-4000:]

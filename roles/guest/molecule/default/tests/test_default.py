@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -53,6 +54,22 @@ def test_seed_is_private(host):
     user_data = (SEEDS / GUEST / "user-data").read_text()
     assert "molecule-not-logged" not in user_data
     assert "passwd: $6$" in user_data
+    for item in ("user-data", "meta-data", "network-config"):
+        assert stat.S_IMODE((SEEDS / GUEST / item).stat().st_mode) == 0o600
+    # 0600: libvirt gives the ISO to QEMU's user while the guest runs (dynamic_ownership).
+    assert stat.S_IMODE((SEEDS / f"{GUEST}.iso").stat().st_mode) == 0o600
+    assert stat.S_IMODE(SEEDS.stat().st_mode) == 0o711
+
+
+def test_password_hash_has_a_random_salt(host):
+    user_data = (SEEDS / GUEST / "user-data").read_text()
+    seeded = next(ln.split(":", 1)[1].strip() for ln in user_data.splitlines()
+                  if ln.strip().startswith("passwd:"))  # fmt: skip
+    salt = seeded.split("$")[2]
+    assert salt != hashlib.sha256(f"{GUEST}molecule-not-logged".encode()).hexdigest()[:16]
+    result = _ssh(host, "sudo -n getent shadow virtops")
+    assert result.rc == 0, result.stderr
+    assert result.stdout.split(":")[1] == seeded  # the hash cloud-init set in the guest
 
 
 def test_guest_configured_by_cloud_init(host):
