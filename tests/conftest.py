@@ -96,33 +96,6 @@ def default_network(libvirt_conn) -> str:
     return "default"
 
 
-def _remove_domain(conns, name: str) -> None:
-    """Destroy and undefine ``name`` on whichever of ``conns`` has it."""
-    import libvirt  # noqa: PLC0415
-
-    flags = (
-        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    )
-    for conn in conns:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            continue
-        try:
-            if dom.isActive():
-                dom.destroy()
-        except libvirt.libvirtError:
-            pass
-        try:
-            if dom.isPersistent():
-                dom.undefineFlags(flags)
-        except libvirt.libvirtError:
-            pass
-
-
 @pytest.fixture
 def tiny_guest(libvirt_conn, tiny_image) -> Iterator:
     """Factory: ``tiny_guest(name=None, *, conn=None, network=None, mac=None, memory_mib=192,
@@ -182,7 +155,7 @@ def tiny_guest(libvirt_conn, tiny_image) -> Iterator:
 
     yield make
     for guest, conn in made:
-        _remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
+        lab_guests.remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
         sock = guest.files.command_socket
         for path in [sock, *lab_hosts_mod.hosts_dir().glob(f"h*/vtrun/{sock.name}")]:
@@ -238,7 +211,7 @@ def debian_guest(libvirt_conn, debian_image, ssh_keypair) -> Iterator:
 
     yield make
     for guest, conn in made:
-        _remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
+        lab_guests.remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
 
 

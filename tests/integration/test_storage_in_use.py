@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration import test_storage as storage
 from tests.integration import test_storage_lab as storage_lab
+from tests.lab.guests import remove_domain
 
 # the storage tests' fixtures and helpers, shared
 conn = storage.conn
@@ -96,13 +97,7 @@ def guests(conn):
 
     yield define
     for name in made:
-        try:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
+        remove_domain([conn], name)
 
 
 @pytest.fixture

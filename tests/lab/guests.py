@@ -133,6 +133,33 @@ def _domain(
     return etree.tostring(dom, encoding="unicode", pretty_print=True)
 
 
+def remove_domain(conns, name: str) -> None:
+    """Destroy and undefine ``name`` on whichever of ``conns`` has it."""
+    import libvirt  # noqa: PLC0415  (imported at the top for type hints only)
+
+    flags = (
+        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    )
+    for conn in conns:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            continue
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            if dom.isPersistent():
+                dom.undefineFlags(flags)
+        except libvirt.libvirtError:
+            pass
+
+
 # ----------------------------------------------------------------------------------------
 # tiny guests
 
