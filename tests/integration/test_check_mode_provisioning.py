@@ -14,9 +14,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.conftest import _remove_domain
 from tests.integration.test_network import free_subnet
 from tests.integration.test_storage import _remove_pool, four_times
+from tests.lab.guests import remove_domain
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def names(libvirt_conn, name_prefix, tmp_path_factory):
         "snapshot": "s1",
     }
     yield made
-    _remove_domain([libvirt_conn], made["guest"])  # with its snapshot metadata
+    remove_domain([libvirt_conn], made["guest"])  # with its snapshot metadata
     _remove_pool(libvirt_conn, made["pool"])  # with its volumes
     try:
         net = libvirt_conn.networkLookupByName(made["net"])
