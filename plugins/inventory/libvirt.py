@@ -139,13 +139,6 @@ from typing import Any  # noqa: E402
 from ansible.errors import AnsibleError, AnsibleParserError  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable  # noqa: E402
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-
 try:
     from ansible_collections.virtops.kvm.plugins.module_utils._client import open_connection
     from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, from_libvirt
@@ -153,14 +146,15 @@ try:
         pick_address,
         read_hypervisor,
     )
+    from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+        LIBVIRT_IMPORT_ERROR,
+        libvirt,
+    )
 except ImportError as exc:  # lxml missing: the plugin says so when used
-    LIBVIRT_IMPORT_ERROR = LIBVIRT_IMPORT_ERROR or f"{exc}\n{traceback.format_exc()}"
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = f"{exc}\n{traceback.format_exc()}"
 
 PREFIX = "libvirt_"
-
-
-def _silence_libvirt(_ctx, _err) -> None:
-    """libvirt prints every error to stderr by default; the plugin reports them itself."""
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -196,7 +190,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     # -- reading ---------------------------------------------------------------------------
     def _read_all(self) -> list[dict[str, Any]]:
-        libvirt.registerErrorHandler(_silence_libvirt, None)
         sources = self.get_option("address_sources")
         if not sources:
             raise AnsibleParserError("address_sources must name at least one source")

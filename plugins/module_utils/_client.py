@@ -33,17 +33,7 @@ from ._errors import (
     KvmValidationError,
     from_libvirt,
 )
-
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    # libvirt prints every error to stderr by default; ours reach the user as typed errors
-    # (with libvirt's code and message), and expected ones (a missing guest) are not noise.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+from ._libvirt import LIBVIRT_IMPORT_ERROR, libvirt
 
 LXML_IMPORT_ERROR = None
 try:

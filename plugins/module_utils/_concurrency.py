@@ -22,11 +22,7 @@ from typing import TypeVar
 
 from . import _xml
 from ._errors import KvmConcurrencyError, KvmLibvirtError
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
+from ._libvirt import libvirt
 
 T = TypeVar("T")
 

@@ -35,14 +35,9 @@ from ._domain_model import (
 from ._domain_spec import HostChecks, Wish, desired_from_params
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host import resolve_virt_type
+from ._libvirt import libvirt, lookup_domain
 from ._secrets import Redactor
 from ._storage_users import StorageUsers, describe_users
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
 
 # The most characters a VNC password may have (QEMU's VNC authentication is DES-based).
 VNC_PASSWORD_MAX = 8
@@ -76,15 +71,6 @@ def check_console_password(graphics: dict[str, Any] | None) -> None:
             f"graphics.password: a VNC console password has at most {VNC_PASSWORD_MAX} "
             f"characters, the one given has {len(password)} (SPICE has no such limit)"
         )
-
-
-def lookup(conn, name: str):
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
-            return None
-        raise from_libvirt(exc, f"look up guest {name}") from exc
 
 
 def _flags(*names: str) -> int:
@@ -136,7 +122,7 @@ class DomainManager:
         self.warnings.clear()
         wish = desired_from_params(self.params)  # pure checks first, before connecting
         check_console_password(wish.fields.get("graphics"))
-        dom = lookup(self.conn, wish.name)
+        dom = lookup_domain(self.conn, wish.name)
         self._guard = self._read_guard(wish.name, dom)
         # read with the console passwords: the new definition is written from it and must
         # keep them; it is never returned as it is (see _result)
@@ -350,7 +336,7 @@ class DomainManager:
         # both reads secure: the new definition is built from this one and must keep the
         # console passwords, and a concurrent change of a password alone is then seen too
         def reread() -> str | None:
-            found = dom or lookup(self.conn, name)
+            found = dom or lookup_domain(self.conn, name)
             return inactive_xml(found, secure=True) if found else None
 
         seen = inactive_xml(dom, secure=True) if dom else None
@@ -422,7 +408,7 @@ class DomainManager:
     # ------------------------------------------------------------------ absent
     def absent(self) -> dict[str, Any]:
         name = self.params["name"]
-        dom = lookup(self.conn, name)
+        dom = lookup_domain(self.conn, name)
         if dom is None:
             self.tracker.add("state", "absent", "absent")
             return self._result(False, name, None, "absent", None, restart_required=[])

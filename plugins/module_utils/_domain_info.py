@@ -18,15 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import _xml
-from ._domain_lifecycle import STATE_NAMES
 from ._domain_model import AGENT_CHANNEL, Disk, Interface, summarize
 from ._errors import from_libvirt, is_error
+from ._libvirt import libvirt, run_state
 from ._secrets import strip_secrets
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 STATS = (
     "VIR_DOMAIN_STATS_STATE",
@@ -84,7 +79,7 @@ class DomainInfo:
         leases = self._leases() if "lease" in self.ip_sources else {}
         guests = []
         for dom, record in stats:
-            state = STATE_NAMES.get(record.get("state.state", 0), "nostate")
+            state = run_state(record.get("state.state", 0))
             if states and state not in states:
                 continue
             try:

@@ -17,34 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ._errors import KvmError, KvmTimeoutError, from_libvirt, is_error
+from ._errors import KvmTimeoutError, from_libvirt, is_error
+from ._libvirt import ACTIVE_STATES as ACTIVE
+from ._libvirt import domain_state as state_of
+from ._libvirt import libvirt
 from ._wait import wait_until
 
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
-# libvirt's run states -> what the module reports
-STATE_NAMES = {
-    0: "nostate",
-    1: "running",
-    2: "running",  # blocked on I/O: still running
-    3: "paused",
-    4: "shutdown",  # being shut down
-    5: "shutoff",
-    6: "crashed",
-    7: "pmsuspended",
-}
-ACTIVE = ("running", "paused", "shutdown", "pmsuspended")
 RESEND_SHUTDOWN_EVERY = 5.0
-
-
-def state_of(dom) -> str:
-    try:
-        return STATE_NAMES.get(dom.state()[0], "nostate")
-    except libvirt.libvirtError as exc:
-        raise from_libvirt(exc, f"read the state of guest {dom.name()}") from exc
 
 
 @dataclass
@@ -221,8 +200,3 @@ class Lifecycle:
             sleep=self.sleep,
             describe=lambda: state_of(self.dom),
         )
-
-
-def ensure_known_state(state: str) -> None:
-    if state == "nostate":
-        raise KvmError("libvirt reports no state for the guest; try again")

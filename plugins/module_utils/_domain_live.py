@@ -31,12 +31,12 @@ from ._domain_model import (
     parse_cpuset,
     read_disks,
 )
+from ._libvirt import libvirt
 
 try:
-    import libvirt
     from lxml import etree
 except ImportError:  # reported by the module wrapper
-    libvirt = etree = None
+    etree = None
 
 LIVE_FIELDS = (
     "title",

@@ -20,25 +20,21 @@ from typing import Any, Callable
 from . import _xml
 from ._check_mode import assumed_in_check_mode
 from ._domain_model import (
+    FIELDS_BY_NAME,
     TARGET_PREFIX,
     Disk,
     DiskWish,
     Interface,
     canonical_cpuset,
     next_target,
+    parse_cpuset,
     parse_fragment,
     read_disks,
+    read_interfaces,
 )
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._host import is_local_uri
-from ._units import parse_mib, parse_size
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
-MIB = 1024 * 1024
+from ._libvirt import is_this_machine, libvirt
+from ._units import MIB, parse_mib, parse_size
 
 
 @dataclass
@@ -397,7 +393,7 @@ class HostChecks:
         warn: Callable[[str], None] | None = None,
     ) -> None:
         self.conn = conn
-        self.local = is_local_uri(uri)
+        self.local = is_this_machine(uri)
         self.check_mode = check_mode
         self._warn = warn or (lambda msg: None)
         self._warned: set[str] = set()
@@ -452,7 +448,6 @@ class HostChecks:
     def _relations(self, wish: Wish, root) -> None:
         """Implicit maxima: raising memory or vCPUs above the maximum raises the maximum."""
         f = wish.fields
-        from ._domain_model import FIELDS_BY_NAME  # noqa: PLC0415
 
         if "memory" in f and "max_memory" not in f:
             current_max = FIELDS_BY_NAME["max_memory"].read(root)
@@ -473,7 +468,6 @@ class HostChecks:
 
     def _vcpu_relations(self, wish: Wish, root) -> None:
         f = wish.fields
-        from ._domain_model import FIELDS_BY_NAME  # noqa: PLC0415
 
         max_vcpus = f.get("max_vcpus") or f.get("vcpus")
         if max_vcpus is None and root is not None:
@@ -497,8 +491,6 @@ class HostChecks:
                     f"tuning.vcpu_pins: vCPU {vcpu} does not exist (vCPUs 0-{max_vcpus - 1})"
                 )
         for entry in f.get("tuning.cachetune", []):
-            from ._domain_model import parse_cpuset  # noqa: PLC0415
-
             if max(parse_cpuset(entry["vcpus"])) >= max_vcpus:
                 raise KvmValidationError(
                     f"tuning.cachetune: vCPUs {entry['vcpus']} beyond vCPUs 0-{max_vcpus - 1}"
@@ -534,7 +526,6 @@ class HostChecks:
 
     def check_cpusets(self, wish: Wish) -> None:
         """Pinning to CPUs the host does not have fails here, not halfway through."""
-        from ._domain_model import parse_cpuset  # noqa: PLC0415
 
         ncpus = self.host_cpus()
         sets = dict(wish.fields.get("tuning.vcpu_pins", {}))
@@ -610,8 +601,6 @@ class HostChecks:
             return
         nics = wish.fields.get("interfaces")
         if nics is None and actual_root is not None:
-            from ._domain_model import read_interfaces  # noqa: PLC0415
-
             nics = read_interfaces(actual_root)
         for nic in nics or []:
             if nic.type != "network" or not nic.source:

@@ -11,10 +11,7 @@ into ``fail_json``.
 
 from __future__ import annotations
 
-try:
-    import libvirt
-except ImportError:  # the wrapper reports the missing library
-    libvirt = None
+import sys
 
 
 class KvmError(Exception):
@@ -65,6 +62,9 @@ class KvmLibvirtError(KvmError):
 
 def error_code_name(code: int | None) -> str | None:
     """``VIR_ERR_*`` name of a libvirt error code, e.g. 42 -> ``VIR_ERR_NO_DOMAIN``."""
+    # An error with a libvirt code means libvirt-python is loaded; this file does not import
+    # it (the one guarded import is ._libvirt, which builds on this file).
+    libvirt = sys.modules.get("libvirt")
     if code is None or libvirt is None:
         return None
     for name in dir(libvirt):
@@ -79,7 +79,7 @@ def from_libvirt(exc: Exception, action: str, **details) -> KvmLibvirtError:
     """Turn a ``libvirt.libvirtError`` into a ``KvmLibvirtError`` saying what failed."""
     code = domain = None
     message = str(exc)
-    if libvirt is not None and isinstance(exc, libvirt.libvirtError):
+    if _is_libvirt_error(exc):
         code = exc.get_error_code()
         domain = exc.get_error_domain()
         message = exc.get_error_message() or message
@@ -94,8 +94,9 @@ def from_libvirt(exc: Exception, action: str, **details) -> KvmLibvirtError:
 
 def is_error(exc: Exception, *codes: int) -> bool:
     """True if ``exc`` is a libvirt error with one of ``codes``."""
-    return (
-        libvirt is not None
-        and isinstance(exc, libvirt.libvirtError)
-        and exc.get_error_code() in codes
-    )
+    return _is_libvirt_error(exc) and exc.get_error_code() in codes
+
+
+def _is_libvirt_error(exc: Exception) -> bool:
+    libvirt = sys.modules.get("libvirt")
+    return libvirt is not None and isinstance(exc, libvirt.libvirtError)

@@ -22,17 +22,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from . import _xml
 from ._domain_model import parse_cpuset
 from ._errors import KvmValidationError, from_libvirt
-
-try:
-    import libvirt
-except ImportError:  # the module wrapper reports the missing library
-    libvirt = None
-
+from ._libvirt import DOMAIN_STATES, is_this_machine, libvirt, state_name
 
 VIRT_TYPES = ("auto", "kvm", "qemu")
 X86_ARCHES = ("x86_64", "i686", "i386")
@@ -52,16 +46,6 @@ SECTIONS = (
     "guests",
 )
 
-GUEST_STATES = (
-    "nostate",
-    "running",
-    "blocked",
-    "paused",
-    "shutdown",
-    "shutoff",
-    "crashed",
-    "pmsuspended",
-)
 POOL_STATES = ("inactive", "building", "running", "degraded", "inaccessible")
 
 _UNIT_FACTORS = {
@@ -169,20 +153,6 @@ def cpuinfo_flags(text: str | None) -> set[str] | None:
     return flags if found else None
 
 
-def is_local_uri(uri: str | None) -> bool:
-    """True for a URI of a hypervisor on this machine (no host part), e.g. ``qemu:///system``.
-
-    The ``test`` driver describes an imaginary host, so it is never local.
-    """
-    if not uri:
-        return False
-    parts = urlsplit(uri)
-    driver, _plus, transport = parts.scheme.partition("+")
-    if not driver or driver == "test":
-        return False
-    return not parts.netloc and transport in ("", "unix")
-
-
 # --- capabilities ---------------------------------------------------------------------------
 
 
@@ -240,7 +210,7 @@ def kvm_verdict(conn, *, local_host: LocalHost | None = None, caps=None) -> KvmV
     """
     if caps is None:
         caps = capabilities(conn)
-    if local_host is None and is_local_uri(_call(conn.getURI, "read the connection URI")):
+    if local_host is None and is_this_machine(_call(conn.getURI, "read the connection URI")):
         local_host = LocalHost()
     cpuinfo = local_host.cpuinfo() if local_host is not None else None
     dev_kvm = local_host.dev_kvm() if local_host is not None else None
@@ -739,7 +709,7 @@ def guest_counts(conn) -> dict[str, Any]:
     Drivers without bulk stats get a fixed number of flag-filtered listings instead of one
     round trip per guest.
     """
-    counts = dict.fromkeys(GUEST_STATES, 0)
+    counts = dict.fromkeys(DOMAIN_STATES, 0)
     try:
         stats = _call(
             conn.getAllDomainStats,
@@ -751,8 +721,8 @@ def guest_counts(conn) -> dict[str, Any]:
     except Unsupported:
         return _guest_counts_by_listing(conn)
     for _dom, values in stats:
-        counts[_name(GUEST_STATES, values.get("state.state", 0))] += 1
-    active = sum(counts[s] for s in GUEST_STATES if s not in ("shutoff", "nostate"))
+        counts[state_name(values.get("state.state", 0))] += 1
+    active = sum(counts[s] for s in DOMAIN_STATES if s not in ("shutoff", "nostate"))
     return {
         "total": len(stats),
         "active": active,
@@ -762,7 +732,7 @@ def guest_counts(conn) -> dict[str, Any]:
 
 
 def _guest_counts_by_listing(conn) -> dict[str, Any]:
-    counts = dict.fromkeys(GUEST_STATES, 0)
+    counts = dict.fromkeys(DOMAIN_STATES, 0)
     flags = {
         "running": libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING,
         "paused": libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED,
@@ -798,7 +768,7 @@ def host_summary(
     if unknown:
         raise KvmValidationError(f"Unknown sections {unknown}: choose from {list(SECTIONS)}")
     caps = capabilities(conn)
-    if local_host is None and is_local_uri(_call(conn.getURI, "read the connection URI")):
+    if local_host is None and is_this_machine(_call(conn.getURI, "read the connection URI")):
         local_host = LocalHost()
     arch = host_arch(caps) or _call(conn.getInfo, "read the node information")[0]
     summary: dict[str, Any] = identity(conn, caps)

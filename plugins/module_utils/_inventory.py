@@ -18,11 +18,7 @@ from typing import Any
 
 from ._domain_info import DomainInfo
 from ._errors import from_libvirt
-
-try:
-    import libvirt
-except ImportError:  # the plugin reports the missing library
-    libvirt = None
+from ._libvirt import libvirt
 
 ADDRESS_SOURCES = ("lease", "agent", "arp")
 

@@ -23,13 +23,9 @@ from typing import Any, Callable
 
 from ._client import open_connection
 from ._errors import KvmError, KvmValidationError
+from ._libvirt import libvirt
 from ._migrate import Migrator, validate
 from ._migrate_place import host_memory
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 
 @dataclass

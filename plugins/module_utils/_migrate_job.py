@@ -24,11 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
+from ._libvirt import libvirt
 
 # Job statistics (virDomainGetJobStats keys) -> names in our results.
 _FIGURES = (

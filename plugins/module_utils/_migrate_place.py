@@ -24,11 +24,7 @@ from typing import Any, Callable
 
 from . import _xml
 from ._errors import KvmError, KvmTimeoutError, is_error
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
+from ._libvirt import libvirt, lookup_domain
 
 
 @dataclass
@@ -245,12 +241,7 @@ def check_destination(
     """
     cand = Candidate(dest_uri)
 
-    try:
-        other = dest_conn.lookupByName(needs.name)
-    except libvirt.libvirtError as exc:
-        if not is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
-            raise
-        other = None
+    other = lookup_domain(dest_conn, needs.name)
     if other is not None and other.UUIDString() != needs.uuid:
         cand.refuse(
             f"another guest named {needs.name} (UUID {other.UUIDString()}) is defined there"

@@ -21,6 +21,7 @@ from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmLibvirtError, from_libvirt, is_error
+from ._libvirt import libvirt
 from ._network_host import host_for
 from ._network_live import (
     SECTION_DHCP_HOST,
@@ -40,11 +41,6 @@ from ._network_model import (
     validate_against_host,
     validate_spec,
 )
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 # Managed settings that only take effect when the network is (re)started.
 RESTART_FIELDS = ("mode", "bridge", "forward_dev", "mtu", "domain", "addresses")

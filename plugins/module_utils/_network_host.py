@@ -16,23 +16,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Optional
-from urllib.parse import urlparse
 
 from . import _xml
 from ._errors import is_error
+from ._libvirt import is_this_machine, libvirt
 from ._network_model import Route
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
-
-def is_local_uri(uri: str) -> bool:
-    """True for URIs served on this machine (``qemu:///system``, ``qemu+unix:///...``)."""
-    parsed = urlparse(uri)
-    driver = parsed.scheme.split("+")[0]
-    return driver not in ("test", "") and not parsed.netloc
 
 
 class SysfsHost:
@@ -47,10 +35,6 @@ class SysfsHost:
         if not name or "/" in name or not os.path.exists(path):
             return None
         return "bridge" if os.path.isdir(os.path.join(path, "bridge")) else "other"
-
-    def interface_master(self, name: str) -> Optional[str]:
-        link = os.path.join(self.sys_root, name, "master")
-        return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
 
     def routes(self) -> list[Route]:
         return self._routes4() + self._routes6()
@@ -115,12 +99,9 @@ class LibvirtHost:
             return "unknown"
         return "bridge" if root.get("type") == "bridge" else "other"
 
-    def interface_master(self, name: str) -> Optional[str]:
-        return None
-
     def routes(self) -> Optional[list[Route]]:
         return None
 
 
 def host_for(uri: str, conn):
-    return SysfsHost() if is_local_uri(uri) else LibvirtHost(conn)
+    return SysfsHost() if is_this_machine(uri) else LibvirtHost(conn)

@@ -18,7 +18,7 @@ from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
-from ._host import is_local_uri
+from ._libvirt import is_this_machine, libvirt
 from ._storage import (
     CephSecretSpec,
     PoolSource,
@@ -30,11 +30,6 @@ from ._storage import (
     pool_view,
 )
 from ._storage_users import StorageUser, StorageUsers, describe_users
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 POOL_ARGUMENT_SPEC: dict[str, Any] = {
     "name": {"type": "str", "required": True},
@@ -467,7 +462,7 @@ class PoolManager:
         finds them); for other pools, or over a remote connection, they are not known.
         """
         spec = PoolSpec.from_xml(pool.XMLDesc(0))
-        if spec.type == "dir" and spec.target and is_local_uri(self.params["uri"]):
+        if spec.type == "dir" and spec.target and is_this_machine(self.params["uri"]):
             try:
                 entries = os.listdir(spec.target)
             except FileNotFoundError:

@@ -20,6 +20,7 @@ from . import _xml
 from ._check_mode import assumed_in_check_mode
 from ._diff import DifferenceTracker
 from ._errors import KvmValidationError, from_libvirt
+from ._libvirt import domain_state, is_local_uri, libvirt
 from ._snapshot_external import (
     apply_external_delete,
     apply_external_revert,
@@ -31,21 +32,13 @@ from ._snapshot_model import (
     SnapshotModel,
     domain_xml,
     has_guest_agent,
-    is_local_uri,
     list_snapshots,
     lookup_domain,
     ordered,
     parse_disks,
-    power_state,
     tree,
 )
 from ._snapshot_state import expected_power, judge, record
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
 
 SNAPSHOT_ARGUMENT_SPEC: dict[str, Any] = {
     "domain": {"type": "str", "required": True, "aliases": ["guest"]},
@@ -246,7 +239,7 @@ class SnapshotManager:
 
     def _plan_create(self) -> CreatePlan:
         name, kind = self.p["name"], self.p["kind"] or "internal"
-        power = power_state(self.dom)
+        power = domain_state(self.dom)
         active = power in ("running", "paused")
         root = _xml.parse(domain_xml(self.dom), "domain XML")
         disks = self._guest_disks()
@@ -457,7 +450,7 @@ class SnapshotManager:
         judgement = judge(self.dom, snap, running_state=running_state, local=self.local)
         before = {
             "current": next((s.name for s in self.snaps.values() if s.current), None),
-            "power": power_state(self.dom),
+            "power": domain_state(self.dom),
         }
         want_power = expected_power(snap, running_state)
         if judgement.unchanged:

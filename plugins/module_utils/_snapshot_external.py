@@ -46,18 +46,13 @@ from dataclasses import dataclass, field
 
 from . import _xml
 from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._libvirt import domain_state, libvirt
 from ._snapshot_model import (
     SnapshotModel,
     backing_chain_offline,
     domain_xml,
     parse_disks,
-    power_state,
 )
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 
 def active_chains(dom, *, local: bool) -> dict[str, list[str]]:
@@ -502,7 +497,7 @@ def apply_external_revert(
     3. the replaced overlays are removed, and the guest is started as ``power`` asks.
     """
     name = dom.name()
-    was = power_state(dom)
+    was = domain_state(dom)
     txn = _Revert(dom, snap, plan)
     try:
         txn.stage(make)

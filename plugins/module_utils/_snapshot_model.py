@@ -26,16 +26,11 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 from . import _xml
 from ._errors import KvmError, KvmValidationError, from_libvirt, is_error
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
-
+from ._libvirt import libvirt
+from ._libvirt import lookup_domain as find_domain
 
 # ---------------------------------------------------------------------------------------
 # Guest disks
@@ -247,12 +242,10 @@ def tree(snaps: dict[str, SnapshotModel]) -> list[dict[str, Any]]:
 
 
 def lookup_domain(conn, name: str):
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
-            raise KvmValidationError(f"Guest {name!r} does not exist", domain=name) from exc
-        raise from_libvirt(exc, f"look up guest {name}") from exc
+    dom = find_domain(conn, name)
+    if dom is None:
+        raise KvmValidationError(f"Guest {name!r} does not exist", domain=name)
+    return dom
 
 
 def domain_xml(dom, *, inactive: bool = False, secure: bool = False) -> str:
@@ -267,35 +260,11 @@ def domain_xml(dom, *, inactive: bool = False, secure: bool = False) -> str:
         raise from_libvirt(exc, f"read the definition of guest {dom.name()}") from exc
 
 
-def power_state(dom) -> str:
-    """``running``, ``paused`` or ``shutoff`` (other libvirt states are reported by name)."""
-    try:
-        state = dom.state(0)[0]
-    except libvirt.libvirtError as exc:
-        raise from_libvirt(exc, f"read the state of guest {dom.name()}") from exc
-    names = {
-        libvirt.VIR_DOMAIN_RUNNING: "running",
-        libvirt.VIR_DOMAIN_PAUSED: "paused",
-        libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-        libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
-        libvirt.VIR_DOMAIN_CRASHED: "crashed",
-        libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
-        libvirt.VIR_DOMAIN_BLOCKED: "running",
-    }
-    return names.get(state, "nostate")
-
-
 def has_guest_agent(domain_root) -> bool:
     return any(
         c.get("name") == "org.qemu.guest_agent.0"
         for c in domain_root.findall("devices/channel/target")
     )
-
-
-def is_local_uri(uri: str) -> bool:
-    """True when the libvirt daemon runs on this machine (no host in the URI)."""
-    parsed = urlparse(uri)
-    return not parsed.hostname and "+ssh" not in parsed.scheme and "+tcp" not in parsed.scheme
 
 
 def backing_chain_offline(path: str) -> list[str]:

@@ -44,12 +44,8 @@ from typing import Any
 
 from . import _xml
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._snapshot_model import SnapshotModel, parse_disks, power_state
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
+from ._libvirt import domain_state, libvirt
+from ._snapshot_model import SnapshotModel, parse_disks
 
 NS_URI = "https://github.com/virtops/kvm/xmlns/snapshot-state/1"
 NS_KEY = "vksnap"
@@ -154,7 +150,7 @@ def vcpu_time(dom) -> int | None:
 
 def measure(dom, snap: SnapshotModel, *, live: bool, local: bool) -> Point:
     """The guest's point now, for the disks of ``snap``."""
-    power = power_state(dom)
+    power = domain_state(dom)
     active = power not in ("shutoff", "crashed")
     xml = dom.XMLDesc(0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE)
     sources = {d.target: d.source for d in parse_disks(xml)}
@@ -244,7 +240,7 @@ def judge(dom, snap: SnapshotModel, *, running_state: str, local: bool) -> Judge
     if not checks.add("snapshot is current", snap.current):
         return verdict(False, "current-snapshot", f"{snap.name} is not the current snapshot")
     want = expected_power(snap, running_state)
-    power = power_state(dom)
+    power = domain_state(dom)
     if not checks.add("power state", power == want, f"guest is {power}, revert leaves {want}"):
         return verdict(False, "power-state", f"the guest is {power}, the revert leaves it {want}")
 

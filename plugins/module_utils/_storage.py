@@ -16,11 +16,7 @@ from typing import Any
 
 from . import _xml
 from ._errors import KvmValidationError, from_libvirt
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
+from ._libvirt import libvirt
 
 POOL_TYPES = ("dir", "fs", "netfs", "logical", "rbd")
 # Pool types whose volumes are files in a directory that libvirt manages (sparse files work).

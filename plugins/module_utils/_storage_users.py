@@ -28,12 +28,8 @@ from typing import Any, Callable
 from . import _xml
 from ._domain_model import Disk
 from ._errors import from_libvirt, is_error
+from ._libvirt import libvirt
 from ._storage import PoolSpec, VolumeSpec
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 DIRECT = "direct"
 BACKING_CHAIN = "backing chain"

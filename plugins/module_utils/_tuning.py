@@ -40,13 +40,9 @@ from ._domain_model import (
     read_disks,
 )
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._host import LocalHost, host_summary, is_local_uri
+from ._host import LocalHost, host_summary
+from ._libvirt import is_this_machine, libvirt
 from ._units import parse_size
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 POLICIES = ("dedicated", "shared")
 EMULATOR_PLACEMENTS = ("reserved", "shared", "vcpus")
@@ -615,7 +611,7 @@ def plan(
 
 def read_host(conn, uri: str) -> HostView:
     """host_info's cpu, hugepages and resctrl sections; only CPUs that are online count."""
-    local = LocalHost() if is_local_uri(uri) else None
+    local = LocalHost() if is_this_machine(uri) else None
     summary = host_summary(conn, gather=["cpu", "hugepages", "resctrl"], local_host=local)
     view = HostView.from_host_info(summary)
     try:

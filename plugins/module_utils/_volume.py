@@ -27,6 +27,7 @@ from . import _xml
 from ._check_mode import assumed_in_check_mode
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._libvirt import libvirt
 from ._storage import (
     FILE_POOL_TYPES,
     BackingStore,
@@ -40,11 +41,6 @@ from ._storage import (
 )
 from ._storage_users import StorageUser, StorageUsers, describe_users
 from ._units import parse_size
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 CHUNK = 1024 * 1024
 QCOW2_MAGIC = b"QFI\xfb"

@@ -258,23 +258,6 @@ def test_test_driver_is_not_kvm_usable():
 # --- small pieces ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("uri", "local"),
-    [
-        ("qemu:///system", True),
-        ("qemu:///session", True),
-        ("qemu+unix:///system", True),
-        ("qemu+ssh://root@host/system", False),
-        ("qemu+tcp://198.18.0.2/system", False),
-        ("test:///default", False),
-        ("", False),
-        (None, False),
-    ],
-)
-def test_is_local_uri(uri, local):
-    assert _host.is_local_uri(uri) is local
-
-
 def test_cpuinfo_flags():
     assert _host.cpuinfo_flags(CPUINFO_VMX) == {"fpu", "vme", "de", "pse", "vmx", "sse2"}
     assert _host.cpuinfo_flags("processor : 0\nFeatures : fp asimd\n") is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot_model import (
-    is_local_uri,
     ordered,
     parse_disks,
     parse_snapshot,
@@ -151,9 +150,3 @@ def test_point_round_trip():
     )
     back = Point.from_xml(point.to_xml())
     assert back == point
-
-
-def test_local_uri():
-    assert is_local_uri("qemu:///system") and is_local_uri("test:///default")
-    assert not is_local_uri("qemu+ssh://root@h/system")
-    assert not is_local_uri("qemu+tls://h.example.com/system")

@@ -1,0 +1,108 @@
+# Copyright (c) virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Private module_utils of virtops.kvm: not a public API, may change without notice.
+"""libvirt itself: the one guarded import of libvirt-python, and the answers every module
+needs the same way (is a URI local, what a guest's state is called, find a guest).
+
+Other files import ``libvirt`` from here; when libvirt-python is missing it is ``None`` and
+the module wrapper (:mod:`._client`) or the inventory plugin reports
+``LIBVIRT_IMPORT_ERROR``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Optional
+from urllib.parse import urlsplit
+
+from ._errors import from_libvirt, is_error
+
+LIBVIRT_IMPORT_ERROR: Optional[str] = None
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+else:
+    # libvirt prints every error to stderr by default; ours reach the user as typed errors
+    # (with libvirt's code and message), and expected ones (a missing guest) are not noise.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+
+def is_local_uri(uri: Optional[str]) -> bool:
+    """True when the hypervisor of ``uri`` runs on this machine: a URI without a host part
+    (``qemu:///system``, ``qemu+unix:///system``, ``qemu+ssh:///system``) or the in-process
+    ``test`` driver. ``qemu+ssh://host/...``, ``qemu+tcp://...``, ``qemu+tls://...`` with a
+    host are remote (even when the host is this machine's own name).
+    """
+    if not uri:
+        return False
+    parts = urlsplit(uri)
+    return bool(parts.scheme) and not parts.netloc
+
+
+def is_this_machine(uri: Optional[str]) -> bool:
+    """True when ``uri`` describes this machine's hardware, so that /proc, /sys and local
+    files may stand in for what libvirt does not say: a local URI of a real driver. The
+    ``test`` driver is local but describes an imaginary host.
+    """
+    return is_local_uri(uri) and urlsplit(uri or "").scheme.partition("+")[0] != "test"
+
+
+# --- guest states ------------------------------------------------------------------------------
+
+# libvirt's virDomainState codes by index, spelled as `virsh domstate` does without spaces.
+DOMAIN_STATES = (
+    "nostate",
+    "running",
+    "blocked",
+    "paused",
+    "shutdown",
+    "shutoff",
+    "crashed",
+    "pmsuspended",
+)
+# States in which the guest has a QEMU process.
+ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "pmsuspended")
+
+
+def state_name(code: int) -> str:
+    """The name of a virDomainState code (``nostate`` for codes newer than this table)."""
+    return DOMAIN_STATES[code] if 0 <= code < len(DOMAIN_STATES) else "nostate"
+
+
+def run_state(code: int) -> str:
+    """The state a module reports and converges on: as :func:`state_name`, except that
+    ``blocked`` (running, waiting on a resource) is ``running``."""
+    name = state_name(code)
+    return "running" if name == "blocked" else name
+
+
+def domain_state(dom) -> str:
+    """:func:`run_state` of a guest, read from libvirt."""
+    try:
+        code = dom.state()[0]
+    except libvirt.libvirtError as exc:
+        raise from_libvirt(exc, f"read the state of guest {dom.name()}") from exc
+    return run_state(code)
+
+
+# --- lookups ---------------------------------------------------------------------------------
+
+
+def lookup_domain(conn, name: Optional[str] = None, uuid: Optional[str] = None):
+    """The guest by UUID (when given) or name, or ``None`` when there is none.
+
+    Any other libvirt error is raised as a typed error.
+    """
+    try:
+        return conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
+            return None
+        raise from_libvirt(exc, f"look up guest {uuid or name}") from exc

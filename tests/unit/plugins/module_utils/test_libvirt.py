@@ -1,0 +1,72 @@
+"""Unit tests of _libvirt: URIs, guest state names and the guest lookup."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmLibvirtError
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    DOMAIN_STATES,
+    domain_state,
+    is_local_uri,
+    is_this_machine,
+    libvirt,
+    lookup_domain,
+    run_state,
+    state_name,
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "local", "this_machine"),
+    [
+        ("qemu:///system", True, True),
+        ("qemu:///session", True, True),
+        ("qemu+unix:///system", True, True),
+        ("qemu+ssh:///system", True, True),
+        ("test:///default", True, False),
+        ("qemu+ssh://root@host/system", False, False),
+        ("qemu+tcp://198.18.0.2/system", False, False),
+        ("qemu+tls://kvm1.example.com/system", False, False),
+        ("test+tcp://198.18.0.2/default", False, False),
+        ("", False, False),
+        (None, False, False),
+    ],
+)
+def test_local_uri(uri, local, this_machine):
+    assert is_local_uri(uri) is local
+    assert is_this_machine(uri) is this_machine
+
+
+def test_state_names_follow_libvirt_codes():
+    codes = {
+        libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+        libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+        libvirt.VIR_DOMAIN_PAUSED: "paused",
+        libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+        libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+        libvirt.VIR_DOMAIN_CRASHED: "crashed",
+        libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+    }
+    assert {code: state_name(code) for code in codes} == codes
+    assert len(DOMAIN_STATES) == len(codes)
+    assert run_state(libvirt.VIR_DOMAIN_BLOCKED) == "running"
+    assert run_state(libvirt.VIR_DOMAIN_SHUTOFF) == "shutoff"
+    assert state_name(99) == run_state(-1) == "nostate"
+
+
+def test_lookup_domain_and_state():
+    conn = libvirt.open("test:///default")
+    try:
+        dom = lookup_domain(conn, "test")
+        assert dom is not None and domain_state(dom) == "running"
+        assert lookup_domain(conn, uuid=dom.UUIDString()).name() == "test"
+        assert lookup_domain(conn, "no-such-guest") is None
+        dom.suspend()
+        assert domain_state(dom) == "paused"
+    finally:
+        conn.close()
+    # A closed connection is an error, not "no such guest".
+    with pytest.raises(KvmLibvirtError, match="look up guest test"):
+        lookup_domain(conn, "test")
