@@ -1,46 +1,90 @@
 #!/usr/bin/env bash
-# The test command's body (`make test`, after `make setup`): the quality gates, then the suite.
+# The test command's body (`make test`, after `make setup`), in stages that stop at the first
+# failure, fastest first:
 #
-# The host role's `bridge` Molecule scenario (tests/integration/test_role_host_molecule.py)
-# boots a Debian VM under TCG emulation and bridges its second NIC (about ten minutes, mostly
-# one busy CPU). It runs as its own pytest process beside the gates and the main suite, so the
-# 2-core machine is used while the main suite waits on its guests; its output is printed after
-# the main suite's, and the command fails when any part fails.
+# 1. fast gates (about a minute): ruff, the changelog fragments, collecting every test module
+#    (an import error anywhere fails here, not after half an hour), the unit tests;
+# 2. slow gates (several minutes): ansible-test sanity and ansible-lint. The lab images are
+#    built (or found in the cache by recipe hash) beside them, and the host role's `bridge`
+#    Molecule scenario starts beside them as its own stream: it boots a Debian VM under TCG
+#    and bridges its second NIC (about ten minutes, mostly one busy CPU); its output is printed
+#    at the end. A failed gate stops it and ends the run;
+# 3. the main suite (integration and lab tests against the real libvirtd, booted guests, the
+#    multi-host lab, the guest role's Molecule scenario).
 #
-# The `default` scenario (the whole role: ~350 packages and ~60 module calls of ~5 s each over
-# SSH to an emulated CPU, twice for idempotence) takes 25 minutes alone here; beside the rest
-# it would push this command to its 45-minute budget: it runs with `make test-host-molecule`.
+# The host role's `default` scenario (the whole role: ~350 packages and ~60 module calls of
+# ~5 s each over SSH to an emulated CPU, twice for idempotence) takes 25 minutes alone here and
+# runs with `make test-host-molecule`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 VENV_BIN="$PWD/.venv/bin"
+PYTEST=("$VENV_BIN/pytest" -p no:cacheprovider)
 HOST_MOLECULE=tests/integration/test_role_host_molecule.py
 SCENARIOS=(bridge)
 mkdir -p build
 declare -A side_pid side_log
+images_pid=""
+started=$SECONDS
+
+say() { echo "test [$(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s]: $*"; }
+
+# Stop what this script started in the background: each stream runs in its own session
+# (setsid), so its whole process group goes, and nothing else.
+stop_streams() {
+    local pid
+    for pid in "${side_pid[@]}" $images_pid; do
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    for pid in "${side_pid[@]}" $images_pid; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+fail() {
+    say "FAILED: $*"
+    stop_streams
+    exit 1
+}
+
+say "stage 1: fast gates"
+make --no-print-directory ruff || fail "ruff"
+make --no-print-directory changelog-lint || fail "changelog fragments"
+"${PYTEST[@]}" --collect-only -q tests >build/test-collect.log 2>&1 || {
+    tail -40 build/test-collect.log
+    fail "collecting the test modules"
+}
+"${PYTEST[@]}" -q -m "not integration and not lab" tests/unit || fail "unit tests"
+
+say "stage 2: slow gates, with the lab images and the host role Molecule stream beside them"
+setsid bash -c '"$1" -m tests.lab.images build tiny && "$1" -m tests.lab.images build debian' \
+    _ "$VENV_BIN/python" >build/test-images.log 2>&1 &
+images_pid=$!
 for scenario in "${SCENARIOS[@]}"; do
     side_log[$scenario]="$PWD/build/test-host-molecule-$scenario.log"
-    "$VENV_BIN/pytest" -p no:cacheprovider --basetemp="$PWD/build/pytest-host-molecule-$scenario" \
+    setsid "${PYTEST[@]}" --basetemp="$PWD/build/pytest-host-molecule-$scenario" \
         "$HOST_MOLECULE" -k "$scenario" >"${side_log[$scenario]}" 2>&1 &
     side_pid[$scenario]=$!
-    echo "test: host role Molecule scenario '$scenario' running beside the main suite" \
-        "(pid ${side_pid[$scenario]}, log ${side_log[$scenario]})"
+    say "host role Molecule scenario '$scenario' running beside (pid ${side_pid[$scenario]}," \
+        "log ${side_log[$scenario]})"
 done
+make --no-print-directory sanity || fail "ansible-test sanity"
+make --no-print-directory ansible-lint || fail "ansible-lint"
+wait "$images_pid"
+images_rc=$?
+images_pid=""
+[ "$images_rc" -eq 0 ] || {
+    tail -40 build/test-images.log
+    fail "building the lab images"
+}
 
-make --no-print-directory lint
-lint_rc=$?
-
-main_rc=1
-if [ "$lint_rc" -eq 0 ]; then
-    "$VENV_BIN/pytest" --ignore="$HOST_MOLECULE" tests
-    main_rc=$?
-else
-    echo "test: quality gates failed (rc $lint_rc); the main suite does not run"
-fi
+say "stage 3: the main suite"
+"${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit tests
+main_rc=$?
 
 side_rc=0
 for scenario in "${SCENARIOS[@]}"; do
-    echo "test: waiting for the host role Molecule scenario '$scenario' (pid ${side_pid[$scenario]})"
+    say "waiting for the host role Molecule scenario '$scenario' (pid ${side_pid[$scenario]})"
     wait "${side_pid[$scenario]}"
     rc=$?
     echo "=============== host role Molecule scenario '$scenario' (rc $rc) ==============="
@@ -48,8 +92,8 @@ for scenario in "${SCENARIOS[@]}"; do
     [ "$rc" -eq 0 ] || side_rc=$rc
 done
 
-if [ "$lint_rc" -ne 0 ] || [ "$main_rc" -ne 0 ] || [ "$side_rc" -ne 0 ]; then
-    echo "test: FAILED (gates rc $lint_rc, main suite rc $main_rc, host Molecule rc $side_rc)"
+if [ "$main_rc" -ne 0 ] || [ "$side_rc" -ne 0 ]; then
+    say "FAILED (main suite rc $main_rc, host Molecule rc $side_rc)"
     exit 1
 fi
-echo "test: all passed"
+say "all passed"

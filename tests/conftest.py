@@ -31,9 +31,14 @@ TINY_BOOT_TIMEOUT = 240
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _kvm_device_access() -> None:
-    """/dev/kvm as Debian's udev leaves it, or libvirt re-probes QEMU on every call."""
-    ensure_kvm_device_access()
+def _kvm_device_access(request) -> None:
+    """/dev/kvm as Debian's udev leaves it, or libvirt re-probes QEMU on every call; only
+    when the session has tests that reach libvirtd (a unit-test run changes nothing)."""
+    if any(
+        item.get_closest_marker("integration") or item.get_closest_marker("lab")
+        for item in request.session.items
+    ):
+        ensure_kvm_device_access()
 
 
 @pytest.fixture(scope="session")

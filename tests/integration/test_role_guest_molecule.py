@@ -13,8 +13,10 @@ from tests.integration.molecule_runner import molecule
 pytestmark = pytest.mark.lab
 
 
+# about 4 minutes alone (two guests booted under TCG, converged twice)
+@pytest.mark.timeout(900)
 def test_guest_role_molecule_default():
-    proc = molecule("guest", "test", "-s", "default", timeout=2400)
+    proc = molecule("guest", "test", "-s", "default", timeout=840)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-10000:]
     assert "default > idempotence: Executed: Successful" in output, output[-4000:]
