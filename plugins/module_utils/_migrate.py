@@ -60,7 +60,7 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "mode": {"type": "str", "default": "live", "choices": ["live", "offline"]},
     "peer2peer": {"type": "bool", "default": True},
     "tunnelled": {"type": "bool", "default": False},
-    "tls": {"type": "bool", "default": False},
+    "tls": {"type": "bool"},
     "migrate_uri": {"type": "str"},
     "storage_copy": {"type": "str", "default": "none", "choices": ["none", "all", "incremental"]},
     "copy_disks": {"type": "list", "elements": "str"},
@@ -219,6 +219,58 @@ def default_timeout(params: dict[str, Any], needs: GuestNeeds, disk_bytes: int =
     return TIMEOUT_BASE_S + -(-data_mib // rate)
 
 
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+
+
+def _uri_uses_tls(uri: str | None) -> bool:
+    """A URI whose transport is TLS: ``+tls``, or a remote URI without a transport."""
+    if not uri:
+        return False
+    parts = urlsplit(uri)
+    driver, _plus, transport = parts.scheme.partition("+")
+    return transport == "tls" or (not transport and bool(parts.hostname) and bool(driver))
+
+
+def _uri_is_local_qemu(uri: str | None) -> bool:
+    parts = urlsplit(uri or "")
+    driver, _plus, transport = parts.scheme.partition("+")
+    return driver == "qemu" and not parts.hostname and transport in ("", "unix")
+
+
+def qemu_conf_forces_tls(path: str = QEMU_CONF) -> bool:
+    """``qemu.conf`` sets ``migrate_tls_force = 1`` or a ``migrate_tls_x509_cert_dir``.
+
+    libvirt reads the first setting of a key. An unreadable file (not root) counts as no.
+    """
+    seen: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, sep, value = line.partition("=")
+                key = key.strip()
+                if sep and key and not key.startswith("#") and key not in seen:
+                    seen[key] = value.split("#", 1)[0].strip()
+    except OSError:
+        return False
+    return seen.get("migrate_tls_force") == "1" or bool(seen.get("migrate_tls_x509_cert_dir"))
+
+
+def tls_wanted(params: dict[str, Any], dest_uri: str, qemu_conf: str = QEMU_CONF) -> bool:
+    """Whether the migration uses QEMU's TLS (``VIR_MIGRATE_TLS``).
+
+    ``tls`` when set; unset (auto): a live, not tunnelled migration uses TLS when the source
+    or destination URI uses the TLS transport, or the source URI is local and its
+    ``qemu.conf`` forces or configures migration TLS (see ``qemu_conf_forces_tls``).
+    """
+    if params["tls"] is not None:
+        return params["tls"]
+    if params["mode"] != "live" or params["tunnelled"]:
+        return False
+    if _uri_uses_tls(params["uri"]) or _uri_uses_tls(dest_uri):
+        return True
+    return _uri_is_local_qemu(params["uri"]) and qemu_conf_forces_tls(qemu_conf)
+
+
 def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, Any]]:
     """libvirt migration flags and typed parameters for the options."""
     p = params
@@ -228,7 +280,7 @@ def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, An
     toggles = (
         (p["peer2peer"], "VIR_MIGRATE_PEER2PEER"),
         (p["tunnelled"], "VIR_MIGRATE_TUNNELLED"),
-        (p["tls"], "VIR_MIGRATE_TLS"),
+        (tls_wanted(p, dest_uri), "VIR_MIGRATE_TLS"),
         (p["persistent"], "VIR_MIGRATE_PERSIST_DEST"),
         (p["undefine_source"], "VIR_MIGRATE_UNDEFINE_SOURCE"),
         (p["storage_copy"] == "all", "VIR_MIGRATE_NON_SHARED_DISK"),
@@ -546,6 +598,7 @@ class Migrator:
             "mode": self.p["mode"],
             "source_uri": src_uri,
             "dest_uri": chosen.uri,
+            "tls": tls_wanted(self.p, chosen.uri),
             "placement": placement,
             "notes": list(chosen.notes),
         }

@@ -128,9 +128,23 @@ options:
     type: bool
     default: false
   tls:
-    description: Encrypt the migration data with QEMU's TLS (the hosts need migration certificates).
+    description:
+      - Encrypt the migration data (memory, and disks copied with O(storage_copy)) with
+        QEMU's TLS (C(VIR_MIGRATE_TLS)); the hosts need QEMU certificates, as the
+        C(virtops.kvm.host) role makes with C(host_libvirt_tls).
+      - V(true) always uses TLS, V(false) never does. On a host whose C(qemu.conf) sets
+        C(migrate_tls_force = 1) (the C(virtops.kvm.host) role does with
+        C(host_migration_tls)), a migration with V(false) is refused by libvirt before
+        anything moves.
+      - Not set (auto), a live migration that is not O(tunnelled) uses TLS when O(uri) or
+        the destination URI uses libvirt's TLS transport (V(qemu+tls://), or a remote
+        V(qemu://HOST/...) without a transport), or when O(uri) is a local C(qemu) URI
+        (such as V(qemu:///system)) and the local C(/etc/libvirt/qemu.conf) sets
+        C(migrate_tls_force = 1) or C(migrate_tls_x509_cert_dir) (a file the module
+        cannot read counts as not set). Otherwise, and for O(mode=offline) and
+        O(tunnelled=true) (whose data goes over libvirt's own connection), no TLS.
+      - RV(tls) says which was used.
     type: bool
-    default: false
   migrate_uri:
     description:
       - URI the destination QEMU listens on for the migration data, for example
@@ -312,8 +326,7 @@ EXAMPLES = r"""
     dest_candidates:
       - qemu+tls://kvm2.example.com/system
       - qemu+tls://kvm3.example.com/system
-    storage_copy: all
-    tls: true
+    storage_copy: all  # encrypted: qemu+tls URIs make tls default to true
     progress_file: /var/tmp/migrate-db1.jsonl
   async: 3600
   poll: 15
@@ -360,6 +373,11 @@ dest_uri:
   description: URI of the destination given or chosen.
   returned: with O(name)
   type: str
+tls:
+  description: Whether the migration data used QEMU's TLS (O(tls), or what auto chose).
+  returned: when a destination was chosen
+  type: bool
+  sample: true
 location:
   description: URI of the host the guest is on at the end (in check mode, where it is now).
   returned: with O(name)
