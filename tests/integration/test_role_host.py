@@ -163,6 +163,8 @@ def test_redhat_path_in_check_mode(tmp_path, rhel_facts):
     }
     proxy = rendered["virtproxyd"]["diff"][0]["after"]
     assert "listen_tls = 1" in proxy and "tls_no_verify_certificate = 0" in proxy
+    # only the fleet's host client certificates, never QEMU's (OU=qemu)
+    assert 'tls_allowed_dn_list = ["O=virtops.kvm,OU=hosts,CN=*"]' in proxy
     assert "listen_tls" not in rendered["virtqemud"]["diff"][0]["after"]
     qemu = task(run, "Configure QEMU")["diff"][0]["after"]
     assert 'security_driver = "selinux"' in qemu
@@ -213,3 +215,47 @@ def test_this_machine_in_check_mode(tmp_path):
     assert judged["ansible_facts"]["host_virt_type"] == "qemu"  # no vmx/svm here
     direct = task(run, "Read the command lines of running daemons")["results"]
     assert {r["item"] for r in direct} == {"virtlogd", "libvirtd"}
+
+
+def test_tls_defaults_in_check_mode(tmp_path):
+    """The CA's directory defaults outside the playbook tree, in the user's data directory;
+    admins get a DN of their own in the default list; check mode makes nothing."""
+    home = tmp_path / "home"
+    home.mkdir()
+    play = {
+        "name": "TLS tasks, check mode",
+        "hosts": "localhost",
+        "gather_facts": True,
+        "vars": {
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "host_libvirt_tls": True,
+            "host_tls_admin_clients": [{"name": "alice"}],
+            "host_qemu_group": "libvirt-qemu",
+        },
+        "tasks": [
+            {
+                "name": "PKI",
+                "ansible.builtin.include_role": {
+                    "name": "virtops.kvm.host",
+                    "tasks_from": "tls",
+                    "public": True,
+                },
+            },
+            {
+                "name": "Show the DN list",
+                "ansible.builtin.debug": {"var": "host_libvirt_tls_allowed_dn_list"},
+            },
+        ],
+    }
+    before = _snapshot(WATCHED)
+    env = {"HOME": str(home), "XDG_DATA_HOME": ""}
+    run = run_playbook(tmp_path, plays=[play], check=True, env=env)
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert _snapshot(WATCHED) == before
+    dirs = task(run, "Create the controller's PKI directories")["results"]
+    assert dirs[0]["item"] == str(home / ".local" / "share" / "virtops-kvm" / "pki")
+    assert not (home / ".local").exists()
+    assert run.task("Show the DN list")["host_libvirt_tls_allowed_dn_list"] == [
+        "O=virtops.kvm,OU=hosts,CN=*",
+        "O=virtops.kvm,OU=admins,CN=alice",
+    ]

@@ -9,7 +9,8 @@ Host N (1, 2, 3...) is:
   (hostname ``vtlab-hN``, /etc/hosts naming every lab host) entered through that netns, with
   private directories bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt (a
   copy of the machine's *.conf with its own ``host_uuid``, ``listen_tcp = 1``,
-  ``auth_tcp = "none"``: test hosts only), /var/log/libvirt and /var/cache/libvirt;
+  ``auth_tcp = "none"``: test hosts only), /var/log/libvirt, /var/cache/libvirt and /etc/pki
+  (each host's own keys and certificates);
 - its own ``virtlogd`` and ``libvirtd --listen``, reachable from the root namespace as
   ``qemu+tcp://198.18.0.1N/system``.
 
@@ -53,6 +54,7 @@ PRIVATE_DIRS = {
     "log": "/var/log/libvirt",
     "cache": "/var/cache/libvirt",
     "vtrun": "/run/virtops-lab",  # per-host unix sockets of lab guests (guests.py)
+    "pki": "/etc/pki",  # per-host keys and certificates (test_tls.py)
 }
 COMMAND_SOCKET_DIR = Path(PRIVATE_DIRS["vtrun"])
 # Directories of /var/lib/libvirt that libvirtd expects, with Debian's owners and modes.
@@ -296,7 +298,9 @@ def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
         path.chmod(mode)
     (base / "run").chmod(0o755)
     (base / "vtrun").chmod(0o755)
+    (base / "pki").chmod(0o755)
     COMMAND_SOCKET_DIR.mkdir(mode=0o755, exist_ok=True)  # the mount point
+    Path(PRIVATE_DIRS["pki"]).mkdir(mode=0o755, exist_ok=True)  # the mount point
     (base / "log" / "qemu").mkdir()
     # a warm capabilities cache spares each daemon its QEMU probes
     if Path("/var/cache/libvirt/qemu/capabilities").is_dir():
@@ -365,6 +369,36 @@ def _wait_answering(host: LabHost, timeout: float = START_TIMEOUT) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{host.name}: {host.uri} does not answer: {exc}") from exc
             time.sleep(0.3)
+
+
+def _start_libvirtd(host: LabHost) -> None:
+    pidfile = Path(host.dir) / "libvirtd.pid"
+    _run(host.nsenter(["libvirtd", "-d", "--listen", "-p", str(pidfile)]))
+    _wait_pidfile(pidfile)
+    host.pidfiles["libvirtd"] = str(pidfile)
+
+
+@contextlib.contextmanager
+def reconfigured(host: LabHost, title: str, libvirtd: dict[str, str], qemu: dict[str, str]):
+    """``host``'s libvirtd restarted with these libvirtd.conf and qemu.conf settings, and
+    restarted with its own files again afterwards (no guests may run on it meanwhile)."""
+    etc = Path(host.dir) / "etc"
+    saved = {name: (etc / name).read_text() for name in ("libvirtd.conf", "qemu.conf")}
+
+    def restart() -> None:
+        _stop_pid(_read_pid(host.pidfiles["libvirtd"]), "libvirtd")
+        _start_libvirtd(host)
+        _wait_answering(host)
+
+    _override_conf(etc / "libvirtd.conf", title, libvirtd)
+    _override_conf(etc / "qemu.conf", title, qemu)
+    try:
+        restart()
+        yield host
+    finally:
+        for name, text in saved.items():
+            (etc / name).write_text(text)
+        restart()
 
 
 def up(count: int = 2, owner: str = "cli") -> Lab:

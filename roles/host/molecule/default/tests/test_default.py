@@ -129,12 +129,55 @@ def test_tls_config(host):
     qemu = host.file("/etc/libvirt/qemu.conf").content_string
     assert "migrate_tls_force = 1" in qemu
     assert 'default_tls_x509_cert_dir = "/etc/pki/qemu"' in qemu
-    key = host.file("/etc/pki/qemu/server-key.pem")
-    assert key.group == "libvirt-qemu" and key.mode == 0o640
-    assert host.file("/etc/pki/libvirt/private/serverkey.pem").mode == 0o600
+    assert 'tls_allowed_dn_list = ["O=virtops.kvm,OU=hosts,CN=*"]' in conf
     host.run_expect(
         [0], "openssl verify -CAfile /etc/pki/qemu/ca-cert.pem /etc/pki/qemu/server-cert.pem"
     )
+
+
+# Every key the role writes: (owner, group, mode). QEMU's one key is the only 0640 key.
+TLS_KEYS = {
+    "/etc/pki/libvirt/private/serverkey.pem": ("root", "root", 0o600),
+    "/etc/pki/libvirt/private/clientkey.pem": ("root", "root", 0o600),
+    "/etc/pki/qemu/server-key.pem": ("root", "libvirt-qemu", 0o640),
+    "/etc/pki/qemu/client-key.pem": ("root", "libvirt-qemu", 0o640),
+}
+
+
+def test_tls_key_files(host):
+    for path, (owner, group, mode) in TLS_KEYS.items():
+        key = host.file(path)
+        assert (key.user, key.group, key.mode) == (owner, group, mode), path
+    assert host.file("/etc/pki/libvirt/private").mode == 0o700
+    assert host.file("/etc/pki/qemu").mode == 0o750
+    pubkeys = {
+        host.check_output(f"openssl pkey -pubout -in {path}")
+        for path in TLS_KEYS
+        if "client-key" not in path
+    }
+    assert len(pubkeys) == 3  # server, host client and QEMU keys differ
+    dns = {
+        cert: host.check_output(f"virt-pki-query-dn {cert}")
+        for cert in ("/etc/pki/libvirt/clientcert.pem", "/etc/pki/qemu/client-cert.pem")
+    }
+    assert dns["/etc/pki/libvirt/clientcert.pem"].startswith("O=virtops.kvm,OU=hosts,CN=")
+    assert dns["/etc/pki/qemu/client-cert.pem"].startswith("O=virtops.kvm,OU=qemu,CN=")
+    assert not host.file("/etc/pki/CA/cakey.pem").exists
+
+
+def test_tls_refuses_qemu_certificate(host):
+    """The key QEMU's user can read does not open libvirtd."""
+    host.run_expect(
+        [0],
+        "rm -rf /tmp/pki-qemu && mkdir /tmp/pki-qemu && cp /etc/pki/CA/cacert.pem /tmp/pki-qemu/"
+        " && cp /etc/pki/qemu/client-cert.pem /tmp/pki-qemu/clientcert.pem"
+        " && cp /etc/pki/qemu/client-key.pem /tmp/pki-qemu/clientkey.pem",
+    )
+    try:
+        res = host.run("virsh -c 'qemu+tls://127.0.0.1/system?pkipath=/tmp/pki-qemu' uri")
+        assert res.rc != 0, res.stdout
+    finally:
+        host.run("rm -rf /tmp/pki-qemu")
 
 
 def test_security_driver_reported(host):
