@@ -1,16 +1,20 @@
-"""The guest role against the real libvirtd, without booting a guest.
+"""The guest role against the real libvirtd.
 
-Guests are defined with ``state: present`` (nothing starts): a cloud-image guest with its
+Most guests are defined with ``state: present`` (nothing starts): a cloud-image guest with its
 cached base, overlay, extra disk and cloud-init seed; an ISO install, a network install from
 an install tree (a ``file://`` tree here) and an imported disk. Every change runs four times:
-check, apply, check (unchanged), apply (unchanged). Booting a guest and reaching it over SSH is
-the job of the Molecule scenario (test_role_guest_molecule.py).
+check, apply, check (unchanged), apply (unchanged). One test (marker lab) boots the lab's
+Debian image to check the SSH host key the guest serves against the one the role pinned; the
+rest of booting and reaching a guest is the job of the Molecule scenario
+(test_role_guest_molecule.py).
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -19,7 +23,11 @@ from pathlib import Path
 
 import libvirt
 import pytest
+import yaml
 from lxml import etree
+
+from tests.lab import guests as lab_guests
+from tests.lab import images as lab_images
 
 from .conftest import run_playbook
 
@@ -54,6 +62,7 @@ def lab(conn, name_prefix, tmp_path):
             "network": f"{name_prefix}-net",
             "seed_dir": tmp_path / "seeds",
             "boot_dir": tmp_path / "boot",
+            "known_hosts": tmp_path / "controller" / "known_hosts",
             "tmp": tmp_path,
         }
     finally:
@@ -78,6 +87,7 @@ def role_play(lab, guests, **role_vars):
         "guest_interfaces": [{"network": lab["network"]}],
         "guest_ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly test"],
         "guest_wait": False,
+        "guest_known_hosts_file": str(lab["known_hosts"]),
         "guest_list": guests,
     }
     variables.update(role_vars)
@@ -118,6 +128,46 @@ def seed_password_hash(seed_dir: Path, name: str) -> str:
     hashes = [ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("passwd:")]
     assert len(hashes) == 1, lines
     return hashes[0]
+
+
+def published(run) -> dict:
+    """The role's ``guest_results`` fact of a run."""
+    return run.task("virtops.kvm.guest : Publish the guests")["ansible_facts"]["guest_results"]
+
+
+def known_hosts_lines(lab) -> list[str]:
+    return lab["known_hosts"].read_text().splitlines()
+
+
+def host_key_checks(lab, name: str, user_data: str) -> str:
+    """Assert the role's host key of ``name`` is private, seeded and pinned; return it."""
+    key = lab["seed_dir"] / name / "ssh_host_ed25519_key"
+    pub = key.with_name(key.name + ".pub")
+    assert mode(key) == 0o600 and mode(pub) == 0o600 and mode(key.parent) == 0o700
+    private = key.read_text()
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    public = " ".join(pub.read_text().split()[:2])
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True
+    )
+    assert " ".join(derived.stdout.split()[:2]) == public  # one pair
+    assert public.startswith("ssh-ed25519 ")
+    cloud_config = yaml.safe_load(user_data)
+    assert cloud_config["ssh_keys"] == {"ed25519_private": private, "ed25519_public": public}
+    assert cloud_config["ssh_deletekeys"] is True and cloud_config["ssh_genkeytypes"] == []
+    assert f"localhost/{name.lower()} {public}" in known_hosts_lines(lab)
+    assert mode(lab["known_hosts"]) == 0o600 and mode(lab["known_hosts"].parent) == 0o700
+    return public
+
+
+def assert_no_private_key(run, key: Path) -> None:
+    """No line of the private key's body, nor the file as slurp reads it (base64), in the run's
+    output or results."""
+    body = [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
+    assert len(body) >= 3
+    seen = run.stdout + run.stderr + json.dumps(run.results)
+    for line in [*body, base64.b64encode(key.read_bytes()).decode()[:60]]:
+        assert line not in seen
 
 
 def domain_xml(conn, name: str) -> etree._Element:
@@ -208,6 +258,13 @@ def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
         fh.seek(32768 + 40)
         assert fh.read(6) == b"cidata"
 
+    # The SSH host key: made on the KVM host (0600 in the 0700 seed directory), handed to
+    # cloud-init in the seed, pinned on the controller under the guest's alias, in no output.
+    public = host_key_checks(lab, name, user_data)
+    assert published(runs[1])[name]["ssh_host_key"] == public
+    for run in runs:
+        assert_no_private_key(run, lab["seed_dir"] / name / "ssh_host_ed25519_key")
+
     # A bigger disk grows the overlay; nothing else changes.
     guest["disk_size"] = "2GiB"
     run = run_playbook(lab["tmp"], plays=role_play(lab, [guest], guest_image_pool=lab["pool"]))
@@ -225,6 +282,7 @@ def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
     pool.refresh(0)
     assert pool.listVolumes() == base  # the cached base image stays
     assert not seed.exists() and not seed_iso.exists()
+    assert known_hosts_lines(lab) == []  # the pinned key went with the guest
 
 
 def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
@@ -339,6 +397,8 @@ def test_seed_password_hash_has_a_random_salt_and_is_kept(conn, lab, name_prefix
             assert mode(seeds / name / item) == 0o600
     assert mode(seeds) == 0o711
     isos = {n: (seeds / f"{n}.iso").read_bytes() for n in names}
+    keys = {n: host_key_checks(lab, n, (seeds / n / "user-data").read_text()) for n in names}
+    assert keys[names[0]] != keys[names[1]] and len(known_hosts_lines(lab)) == 2
 
     # Again: the hashes verify, so the seeds are kept as they are.
     run = run_playbook(lab["tmp"], plays=plays, diff=True)
@@ -358,7 +418,144 @@ def test_seed_password_hash_has_a_random_salt_and_is_kept(conn, lab, name_prefix
     assert seed_password_hash(seeds, names[1]) == hashes[names[1]]
     assert (seeds / f"{names[0]}.iso").read_bytes() != isos[names[0]]
     assert (seeds / f"{names[1]}.iso").read_bytes() == isos[names[1]]
+    for n in names:  # the keys are kept
+        assert host_key_checks(lab, n, (seeds / n / "user-data").read_text()) == keys[n]
+
+    # A guest that exists without a key the role made (made by an older version) is not given
+    # one its disk would not serve: its key is left to trust on first use.
+    old_guest = names[1]
+    for item in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+        (seeds / old_guest / item).unlink()
+    lab["known_hosts"].write_text(f"localhost/{names[0]} {keys[names[0]]}\n")
+    run = run_playbook(lab["tmp"], plays=role_play(lab, guests, guest_image_pool=lab["pool"]))
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert not (seeds / old_guest / "ssh_host_ed25519_key").exists()
+    assert "ssh_keys" not in yaml.safe_load((seeds / old_guest / "user-data").read_text())
+    assert known_hosts_lines(lab) == [f"localhost/{names[0]} {keys[names[0]]}"]
+    assert published(run)[old_guest]["ssh_host_key"] is None
+    assert published(run)[names[0]]["ssh_host_key"] == keys[names[0]]
 
     gone = [dict(g, state="absent") for g in guests]
     run = run_playbook(lab["tmp"], plays=role_play(lab, gone, guest_image_pool=lab["pool"]))
     assert run.rc == 0, run.stdout[-4000:]
+    assert known_hosts_lines(lab) == []
+
+
+@pytest.fixture
+def boot_lab(conn, name_prefix, debian_image, default_network):
+    """Like ``lab``, but QEMU can reach its files (under the lab directory, not the private
+    tmp_path): a pool holding the lab's Debian image as a base volume, the image's own kernel
+    and initrd, and libvirt's default NAT network. Removed after."""
+    top = lab_images.lab_dir() / "guests" / f"{name_prefix}-role"
+    pool_dir = top / "pool"
+    pool_dir.mkdir(parents=True)
+    for path in (top, pool_dir):
+        path.chmod(0o755)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian_image.disk),
+         str(pool_dir / "debian.qcow2")],
+        check=True,
+    )  # fmt: skip
+    kernel, initrd = lab_guests.own_boot_files(top, debian_image)
+    pool = conn.storagePoolDefineXML(
+        f"<pool type='dir'><name>{name_prefix}-bpool</name>"
+        f"<target><path>{pool_dir}</path></target></pool>"
+    )
+    pool.create()
+    try:
+        yield {
+            "pool": f"{name_prefix}-bpool",
+            "network": default_network,
+            "seed_dir": top / "seeds",
+            "boot_dir": top / "boot",
+            "known_hosts": top / "controller" / "known_hosts",
+            "image": {"pool": f"{name_prefix}-bpool", "volume": "debian.qcow2",
+                      "kernel": str(kernel), "initrd": str(initrd),
+                      "cmdline": debian_image.cmdline},
+            "tmp": top,
+        }  # fmt: skip
+    finally:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(name_prefix):
+                lab_guests.remove_domain([conn], dom.name())
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+        pool.destroy()
+        pool.undefine()
+        shutil.rmtree(top)
+
+
+def ssh_to(address: str, key: Path, known_hosts: Path, alias: str, command: str):
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=60",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={alias}",
+         f"virtops@{address}", command],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.lab  # boots a guest
+@pytest.mark.timeout(900)  # ~3 min alone; far longer beside other booted guests
+def test_booted_guest_serves_the_host_key_the_role_pinned(boot_lab, name_prefix, ssh_keypair):
+    name = f"{name_prefix}-hk"
+    alias = f"localhost/{name.lower()}"
+    plays = role_play(
+        boot_lab,
+        [{"name": name, "memory": 1024, "vcpus": 2, "disk_size": "6GiB",
+          "image": boot_lab["image"]}],
+        guest_wait=True,
+        guest_wait_timeout=900,
+        guest_ssh_public_keys=[ssh_keypair.public],
+        guest_inventory_vars={"ansible_ssh_private_key_file": str(ssh_keypair.private),
+                              "ansible_python_interpreter": "/usr/bin/python3"},
+    )  # fmt: skip
+    # Then Ansible logs into the guest through the inventory the role filled (its checking;
+    # run_playbook's -c local is for the KVM host).
+    wait = {"name": "wait for the login", "ansible.builtin.wait_for_connection": {"timeout": 300}}
+    read = {
+        "name": "read the host key",
+        "ansible.builtin.command": "cat /etc/ssh/ssh_host_ed25519_key.pub",
+        "changed_when": False,
+        "become": True,  # cloud-init writes it 0600
+    }
+    plays.append(
+        {"name": "use the guest", "hosts": "virtops_guests", "gather_facts": False,
+         "connection": "ssh", "tasks": [wait, read]}
+    )  # fmt: skip
+    run = run_playbook(boot_lab["tmp"], plays=plays, env={"ANSIBLE_VERBOSITY": "1"}, timeout=1800)
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    seed = boot_lab["seed_dir"] / name
+    public = host_key_checks(boot_lab, name, (seed / "user-data").read_text())
+    assert known_hosts_lines(boot_lab) == [f"{alias} {public}"]
+    assert published(run)[name]["ssh_host_key"] == public
+    assert published(run)[name]["ssh_host_key_alias"] == alias
+    address = published(run)[name]["address"]
+    ssh_args = run.task(f"virtops.kvm.guest : Add the guest to the inventory: {name}")["add_host"][
+        "host_vars"
+    ]["ansible_ssh_common_args"]
+    assert "-o StrictHostKeyChecking=yes" in ssh_args, ssh_args
+    assert f"-o UserKnownHostsFile={boot_lab['known_hosts']}" in ssh_args
+    assert f"-o HostKeyAlias={alias}" in ssh_args
+    assert run.task("read the host key")["stdout"].split()[:2] == public.split()
+    assert_no_private_key(run, seed / "ssh_host_ed25519_key")
+
+    # The key the guest serves is the pinned one (the image's own keys were replaced).
+    scan = subprocess.run(
+        ["ssh-keyscan", "-T", "30", "-t", "ed25519", address],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    served = [ln.split(None, 1)[1] for ln in scan.stdout.splitlines() if ln and ln[0] != "#"]
+    assert served == [public], scan.stdout + scan.stderr
+
+    # ssh with strict checking against the pinned file logs in; a wrong pinned key is refused.
+    ok = ssh_to(address, ssh_keypair.private, boot_lab["known_hosts"], alias, "true")
+    assert ok.returncode == 0, ok.stderr
+    other = boot_lab["tmp"] / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = boot_lab["tmp"] / "wrong_known_hosts"
+    wrong_key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    wrong.write_text(f"{alias} {wrong_key}\n")
+    refused = ssh_to(address, ssh_keypair.private, wrong, alias, "true")
+    assert refused.returncode == 255, refused.stdout + refused.stderr
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr, refused.stderr
