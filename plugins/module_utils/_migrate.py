@@ -27,6 +27,7 @@ from . import _xml
 from ._client import open_connection
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmLibvirtError, KvmValidationError, from_libvirt, is_error
+from ._libvirt import libvirt, lookup_domain, run_state
 from ._migrate_job import JobOutcome, JobPolicy, MigrationJob, bounded, figures, job_active
 from ._migrate_place import (
     Candidate,
@@ -38,11 +39,6 @@ from ._migrate_place import (
     choose,
     host_uuid,
 )
-
-try:
-    import libvirt
-except ImportError:  # reported by the module wrapper
-    libvirt = None
 
 try:
     import libvirt_qemu
@@ -105,17 +101,6 @@ _LIVE_ONLY = (
     "compression",
     "parallel_connections",
 )
-
-STATE_NAMES = {
-    0: "no state",
-    1: "running",
-    2: "blocked",
-    3: "paused",
-    4: "shutting down",
-    5: "shut off",
-    6: "crashed",
-    7: "suspended",
-}
 
 # Default migration timeout: a base for setting up and converging, plus the data to send at
 # a conservative rate (or at the bandwidth asked for, when lower).
@@ -313,18 +298,8 @@ def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, An
     return flags, mig
 
 
-def lookup(conn, name: str | None = None, uuid: str | None = None):
-    """The domain by name or UUID, or None when there is none."""
-    try:
-        return conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
-            return None
-        raise
-
-
 def state_name(dom) -> str:
-    return STATE_NAMES.get(dom.state()[0], "unknown")
+    return run_state(dom.state()[0])
 
 
 class Progress:
@@ -413,7 +388,7 @@ class Seen:
             return "unknown (host not reachable)"
         if not self.found:
             return "not there"
-        state = STATE_NAMES.get(self.state, "unknown")
+        state = run_state(self.state)
         return state if self.active else f"{state} (defined)"
 
 
@@ -427,7 +402,7 @@ def _ask(conn, uri: str, uuid: str) -> Seen:
     """One bounded look at the guest through ``conn`` (unreachable when the call fails)."""
 
     def look() -> Seen:
-        dom = lookup(conn, uuid=uuid)
+        dom = lookup_domain(conn, uuid=uuid)
         if dom is None:
             return Seen(uri, reachable=True)
         state = dom.state()[0]
@@ -439,6 +414,8 @@ def _ask(conn, uri: str, uuid: str) -> Seen:
     if not called.done:
         return Seen(uri, error=f"no answer within {PROBE_WAIT:g} s")
     if called.error is not None:
+        if isinstance(called.error, KvmLibvirtError):
+            return Seen(uri, error=called.error.libvirt_message or called.error.msg)
         if not isinstance(called.error, libvirt.libvirtError):
             raise called.error
         return Seen(uri, error=called.error.get_error_message() or str(called.error))
@@ -533,7 +510,7 @@ class Migrator:
         name = self.p["name"]
         src = self.kvm.conn
         src_uri = self.p["uri"]
-        src_dom = lookup(src, name)
+        src_dom = lookup_domain(src, name)
         self._connect_all(src)
         if self.p["dest_uri"] and self.dests[0].is_source:
             raise KvmValidationError(
@@ -630,7 +607,7 @@ class Migrator:
         for dest in self.dests:
             if dest.conn is None:
                 continue
-            dom = lookup(dest.conn, name)
+            dom = lookup_domain(dest.conn, name)
             if dom is not None:
                 found.append((dest, dom))
         running = [(d, dom) for d, dom in found if dom.isActive()]
@@ -743,7 +720,7 @@ class Migrator:
     def _migrate(self, att: Attempt) -> dict[str, Any]:
         name = self.p["name"]
         src_dom, dconn, uri = att.src_dom, att.dest.conn, att.chosen.uri
-        att.had_before = lookup(dconn, uuid=att.needs.uuid) is not None
+        att.had_before = lookup_domain(dconn, uuid=att.needs.uuid) is not None
         flags, mig = build_call(self.p, uri)
         self.progress.event(
             "start", dest_uri=uri, flags=flags, params=sorted(mig), mode=self.p["mode"]
@@ -1115,10 +1092,10 @@ class Migrator:
                 if dom.isActive():
                     dom.destroy()
                     out.notes.append("The unfinished guest on the destination was destroyed.")
-                if lookup(dconn, uuid=needs.uuid) is not None and dom.isPersistent():
+                if lookup_domain(dconn, uuid=needs.uuid) is not None and dom.isPersistent():
                     dom.undefine()
                     out.notes.append("The partial definition on the destination was removed.")
-            except libvirt.libvirtError as exc:
+            except (libvirt.libvirtError, KvmLibvirtError) as exc:
                 out.notes.append(f"Could not remove the guest from the destination: {exc}.")
                 out.leftovers.append(f"domain {needs.name} on {dest.uri}")
         removed = []
@@ -1177,8 +1154,8 @@ def _safe_lookup(conn, uuid: str):
     if conn is None:
         return None
     try:
-        return lookup(conn, uuid=uuid)
-    except libvirt.libvirtError:
+        return lookup_domain(conn, uuid=uuid)
+    except KvmLibvirtError:
         return None
 
 

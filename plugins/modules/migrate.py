@@ -384,7 +384,9 @@ location:
   type: str
   sample: qemu+tcp://198.18.0.12/system
 state:
-  description: State of the guest on RV(location), such as V(running) or V(shut off).
+  description:
+    - State of the guest on RV(location), such as V(running) or V(shutoff), named as
+      M(virtops.kvm.domain) names them.
   returned: with O(name)
   type: str
 placement:

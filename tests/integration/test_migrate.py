@@ -413,7 +413,7 @@ def test_offline_migration_of_a_defined_guest(site, tiny_guest, playbook, name_p
     run = migrate_then_repeat(playbook, args)
     assert run.rc == 0, run.stdout
     res = run.task("migrate")
-    assert res["changed"] is True and res["location"] == dst.uri and res["state"] == "shut off"
+    assert res["changed"] is True and res["location"] == dst.uri and res["state"] == "shutoff"
     assert_repeats_changed_nothing(run)
     assert where(site, guest.name) == {dst.uri: "defined"}
     guest.conn = site.conns[dst.uri]

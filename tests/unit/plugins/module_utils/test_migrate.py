@@ -457,7 +457,7 @@ def test_offline_migration_moves_the_definition(hosts):
     dom = hosts[SRC].add("g1", active=False)
     dom.migrate_impl = move(hosts[SRC], hosts[DST])
     result = migrator(hosts, mode="offline").run()
-    assert result["changed"] and result["state"] == "shut off"
+    assert result["changed"] and result["state"] == "shutoff"
     assert hosts[DST].domains["g1"].persistent and "g1" not in hosts[SRC].domains
     assert migrator(hosts, mode="offline").run()["changed"] is False
 
