@@ -14,6 +14,8 @@ URI = "qemu:///system"
 GUEST = VARS["guest_molecule_guest"]
 SEEDS = Path(VARS["guest_molecule_dir"]) / "seeds"
 KEY = VARS["guest_molecule_key"]
+KNOWN_HOSTS = Path(VARS["guest_molecule_known_hosts"])
+ALIAS = f"kvm-localhost/{GUEST}"  # the role's HostKeyAlias: KVM host / guest
 
 
 def _virsh(host, *args: str) -> str:
@@ -27,9 +29,11 @@ def _address(host) -> str:
 
 def _ssh(host, command: str):
     return host.run(
-        "ssh -i %s -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-        "-o ConnectTimeout=60 virtops@%s %s",
+        "ssh -i %s -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s "
+        "-o HostKeyAlias=%s -o ConnectTimeout=60 virtops@%s %s",
         KEY,
+        str(KNOWN_HOSTS),
+        ALIAS,
         _address(host),
         command,
     )
@@ -84,3 +88,16 @@ def test_guest_configured_by_cloud_init(host):
     assert "sudo-ok" in lines
     # The overlay was grown to 8 GiB and the extra disk is there.
     assert "8G" in result.stdout and "1G" in result.stdout
+
+
+def test_host_key_is_pinned_and_served(host):
+    key = SEEDS / GUEST / "ssh_host_ed25519_key"
+    public = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert KNOWN_HOSTS.read_text().splitlines() == [f"{ALIAS} {public}"]
+    assert stat.S_IMODE(KNOWN_HOSTS.stat().st_mode) == 0o600
+    assert stat.S_IMODE(KNOWN_HOSTS.parent.stat().st_mode) == 0o700
+    # _ssh checks the guest against the pinned key (StrictHostKeyChecking=yes).
+    result = _ssh(host, "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert result.rc == 0, result.stderr
+    assert result.stdout.split()[:2] == public.split()
