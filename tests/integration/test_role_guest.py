@@ -559,3 +559,51 @@ def test_booted_guest_serves_the_host_key_the_role_pinned(boot_lab, name_prefix,
     refused = ssh_to(address, ssh_keypair.private, wrong, alias, "true")
     assert refused.returncode == 255, refused.stdout + refused.stderr
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr, refused.stderr
+
+
+@pytest.mark.lab  # starts a guest (an empty disk: it boots nothing)
+@pytest.mark.timeout(600)
+def test_host_key_checking_of_a_guest_whose_key_the_role_cannot_know(boot_lab, name_prefix, conn):
+    """An imported disk, added to the inventory in each mode: trust on first use (pinned), no
+    trust on first use (strict), the old insecure options (none), no options (ssh); the
+    deprecated variable only says so."""
+    pool = conn.storagePoolLookupByName(boot_lab["pool"])
+    pool.createXML(
+        "<volume><name>empty.qcow2</name><capacity>16777216</capacity>"
+        "<target><format type='qcow2'/></target></volume>",
+        0,
+    )
+    name = f"{name_prefix}-imp"
+    guest = {"name": name, "memory": 128, "import": {"pool": boot_lab["pool"],
+             "volume": "empty.qcow2"}, "address": "198.18.0.9", "wait": False}  # fmt: skip
+    plays = []
+    for mode_name in ("pinned", "strict", "none", "ssh"):
+        extra = {"guest_ssh_strict_host_keys": True} if mode_name == "ssh" else {}
+        play = role_play(boot_lab, [guest], guest_ssh_host_key_checking=mode_name, **extra)
+        plays.append(play[0])
+    run = run_playbook(boot_lab["tmp"], plays=plays)
+    assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    added = [
+        e["result"]["add_host"]["host_vars"].get("ansible_ssh_common_args", "")
+        for e in run.results
+        if e["task"] == f"virtops.kvm.guest : Add the guest to the inventory: {name}"
+    ]
+    alias = f"localhost/{name.lower()}"
+    pinned = (
+        f"-o UserKnownHostsFile={boot_lab['known_hosts']} -o HostKeyAlias={alias} "
+        "-o StrictHostKeyChecking="
+    )
+    assert added == [
+        pinned + "accept-new",
+        pinned + "yes",
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "",
+    ]
+    assert published(run)[name]["ssh_host_key"] is None
+    assert not (boot_lab["seed_dir"] / name).exists()  # no key made for it
+    assert known_hosts_lines(boot_lab) == []  # nothing pinned: ssh adds it on first use
+    notes = [
+        e for e in run.results if e["task"].endswith("guest_ssh_strict_host_keys is deprecated")
+    ]
+    assert [e["status"] for e in notes] == ["skipped", "skipped", "skipped", "ok"]
+    assert "has no effect" in notes[-1]["result"]["msg"]
