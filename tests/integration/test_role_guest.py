@@ -201,6 +201,7 @@ def test_bad_input_fails_before_anything_changes(conn, lab, name_prefix):
     assert conn.storagePoolLookupByName(lab["pool"]).numOfVolumes() == 0
 
 
+@pytest.mark.timeout(600)  # ~100 s alone (role runs define, converge again and remove)
 def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
     image = lab["tmp"] / "cloud.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "256M"], check=True)
@@ -369,6 +370,7 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
     shutil.rmtree(tmp / "iso")
 
 
+@pytest.mark.timeout(600)  # ~2 min alone, over 4 beside booted guests (four role runs)
 def test_seed_password_hash_has_a_random_salt_and_is_kept(conn, lab, name_prefix):
     image = lab["tmp"] / "cloud.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
