@@ -12,13 +12,18 @@ Two images:
     Debian 12 (debootstrap) as a qcow2 root disk with systemd, openssh-server, python3,
     cloud-init (NoCloud only) and qemu-guest-agent; kernel and initrd copied out for direct
     kernel boot with ``root=/dev/vda``.
+``debian_selinux``
+    The ``debian`` recipe plus SELinux (``selinux-policy-default``, enforcing), the host
+    role's Debian packages (libvirt, QEMU) and every file labelled at build time, so that it
+    boots enforcing without a relabel (``security=selinux selinux=1 enforcing=1``).
 
 An image lives in ``$VIRTOPS_LAB_CACHE/<kind>-<sha256 of its recipe, short>``: a changed
 recipe (script text, package list, kernel version, ...) builds a new one, an unchanged one
 is reused. Builds happen in a temporary directory renamed into place, under a file lock, so
 concurrent test processes build once.
 
-CLI: ``python -m tests.lab.images build tiny|debian`` prints the artifact paths as JSON.
+CLI: ``python -m tests.lab.images build tiny|debian|debian_selinux`` prints the artifact paths
+as JSON.
 """
 
 from __future__ import annotations
@@ -574,7 +579,11 @@ def _build_debian(out: Path, recipe: dict) -> None:
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        if "selinux" in recipe:
+            _install_in_chroot(root, recipe["selinux"]["packages"])
         _run(["chroot", str(root), "/bin/sh", "-c", recipe["customize"]])
+        if "selinux" in recipe:
+            _label_selinux(root, recipe["selinux"])
         boot = root / "boot"
         (kernel,) = sorted(boot.glob("vmlinuz-*"))
         (initrd,) = sorted(boot.glob("initrd.img-*"))
@@ -587,13 +596,145 @@ def _build_debian(out: Path, recipe: dict) -> None:
             capture_output=True,
             text=True,
         )
+        if "selinux" in recipe:
+            _check_labels_kept(raw)
         _run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(out / "disk.qcow2")])
+
+
+def _install_in_chroot(root: Path, packages: list[str]) -> None:
+    """apt-get install ``packages`` in the debootstrapped ``root``; no service starts."""
+    _log(f"debian: installing {len(packages)} more packages in the chroot")
+    policy = root / "usr/sbin/policy-rc.d"
+    _write_exec(policy, "#!/bin/sh\nexit 101\n")
+    resolv = root / "etc/resolv.conf"
+    saved = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
+    resolv.unlink(missing_ok=True)
+    shutil.copy2("/etc/resolv.conf", resolv)
+    _run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        _run(["chroot", str(root), "apt-get", "update", "-q"], capture_output=True, text=True)
+        _run(
+            [
+                "chroot",
+                str(root),
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                *packages,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    finally:
+        _run(["umount", str(root / "proc")])
+        policy.unlink()
+        resolv.unlink()
+        if saved is not None:
+            resolv.write_bytes(saved)
+
+
+def _label_selinux(root: Path, selinux: dict) -> None:
+    """Label every file of ``root`` by the policy's file contexts (setfiles in the chroot)."""
+    _log("debian: labelling the file system for SELinux")
+    (root / "etc/selinux/config").write_text(selinux["config"])
+    (root / "tmp/virtops_lab.cil").write_text(selinux["module"])
+    for rel in selinux["dirs"]:  # made now so that they get their own type, not their parent's
+        (root / rel).mkdir(mode=0o700, parents=True, exist_ok=True)
+    contexts = f"/etc/selinux/{selinux['policy']}/contexts/files/file_contexts"
+    # setfiles sets labels through /proc/self/fd: without /proc, ENOENT for every file
+    _run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    try:
+        _run(["chroot", str(root), "/bin/sh", "-ec", selinux["customize"]])
+        _run(
+            ["chroot", str(root), "setfiles", "-F", "-e", "/proc", "-e", "/sys", contexts, "/"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        _run(["umount", str(root / "proc")])
+    label = os.getxattr(root / "etc/shadow", "security.selinux").rstrip(b"\0").decode()
+    if ":shadow_t:" not in label:
+        raise RuntimeError(f"setfiles left /etc/shadow labelled {label!r}")
+
+
+def _check_labels_kept(raw: Path) -> None:
+    """mkfs.ext4 -d must have copied the security.selinux attributes into the image."""
+    proc = _run(
+        ["debugfs", "-R", "ea_get /etc/shadow security.selinux", str(raw)],
+        capture_output=True,
+        text=True,
+    )
+    if "shadow_t" not in proc.stdout:
+        raise RuntimeError(f"the image lost the SELinux labels: {proc.stdout!r} {proc.stderr!r}")
 
 
 def build_debian(cache: Path | None = None) -> DebianImage:
     """The debian image (built or reused)."""
+    return _debian_image("debian", debian_recipe(), cache)
+
+
+# The policy Debian ships with the virt (sVirt) module, its tools, the Python bindings Ansible's
+# SELinux facts and modules need, and the host role's Debian packages (vars/Debian.yml),
+# installed here so that a host role scenario does not spend its time on the package install
+# under TCG (the default scenario tests that install); dpkg would label them itself.
+DEBIAN_SELINUX = {
+    "revision": 3,
+    "packages": [
+        "selinux-basics",
+        "selinux-policy-default",
+        "policycoreutils",
+        "policycoreutils-python-utils",
+        "selinux-utils",
+        "python3-selinux",
+        "python3-semanage",
+        "qemu-system-x86",
+        "qemu-utils",
+        "qemu-block-extra",
+        "libvirt-daemon-system",
+        "libvirt-clients",
+        "dnsmasq-base",
+        "iptables",
+        "netcat-openbsd",
+        "openssl",
+        "ca-certificates",
+        "ovmf",
+        "python3-libvirt",
+        "python3-lxml",
+    ],
+    "policy": "default",
+    "config": "SELINUX=enforcing\nSELINUXTYPE=default\n",
+    # Debian's policy has no cloud-init module. Its systemd generator runs ds-identify as
+    # systemd_generator_t, which may not create /run/cloud-init: ds-identify fails and the
+    # generator disables cloud-init; without ds-identify it enables it (datasource_list is
+    # NoCloud). cloud-init (initrc_t) mounts the seed ISO on /run/cloud-init/tmp/*
+    # (initrc_runtime_t), where mount_t may not mount: the module below allows that alone.
+    "customize": "chmod a-x /usr/lib/cloud-init/ds-identify\n"
+    "semodule -i /tmp/virtops_lab.cil\nrm /tmp/virtops_lab.cil\n",
+    "module": "(allow mount_t initrc_runtime_t (dir (mounton)))\n",
+    # cloud-init writes root's authorized_keys into /root/.ssh: ssh_home_t only if it exists
+    "dirs": ["root/.ssh"],
+}
+DEBIAN_SELINUX_CMDLINE_EXTRA = "security=selinux selinux=1 enforcing=1"
+
+
+def debian_selinux_recipe() -> dict:
     recipe = debian_recipe()
-    path = cached_build("debian", recipe, lambda tmp: _build_debian(tmp, recipe), cache)
+    recipe["selinux"] = DEBIAN_SELINUX
+    recipe["cmdline"] = f"{recipe['cmdline']} {DEBIAN_SELINUX_CMDLINE_EXTRA}"
+    return recipe
+
+
+def build_debian_selinux(cache: Path | None = None) -> DebianImage:
+    """The debian image with SELinux enforcing and libvirt installed (built or reused)."""
+    return _debian_image("debian_selinux", debian_selinux_recipe(), cache)
+
+
+def _debian_image(kind: str, recipe: dict, cache: Path | None) -> DebianImage:
+    path = cached_build(kind, recipe, lambda tmp: _build_debian(tmp, recipe), cache)
     return DebianImage(
         dir=path,
         disk=path / "disk.qcow2",
@@ -682,9 +823,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or reuse) an image and print its paths as JSON")
-    build.add_argument("kind", choices=["tiny", "debian"])
+    builders = {"tiny": build_tiny, "debian": build_debian, "debian_selinux": build_debian_selinux}
+    build.add_argument("kind", choices=list(builders))
     args = parser.parse_args(argv)
-    image = build_tiny() if args.kind == "tiny" else build_debian()
+    image = builders[args.kind]()
     print(json.dumps(image.as_dict(), indent=2))
     return 0
 
