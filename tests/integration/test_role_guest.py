@@ -197,6 +197,15 @@ def test_bad_input_fails_before_anything_changes(conn, lab, name_prefix):
     run = run_playbook(lab["tmp"], plays=role_play(lab, [typo]))
     assert run.rc != 0 and "memroy" in run.stdout
 
+    # domain: options of virtops.kvm.domain only, named in the error
+    bad_option = {
+        "name": f"{name_prefix}-d",
+        "image": {"path": "/x.qcow2"},
+        "domain": {"mashine": "q35"},
+    }
+    run = run_playbook(lab["tmp"], plays=role_play(lab, [bad_option]))
+    assert run.rc != 0 and "only options of virtops.kvm.domain (not mashine)" in run.stdout
+
     assert not [d for d in conn.listAllDomains(0) if d.name().startswith(name_prefix)]
     assert conn.storagePoolLookupByName(lab["pool"]).numOfVolumes() == 0
 
@@ -222,6 +231,7 @@ def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
     runs = four_times(lab["tmp"], plays)
     for run in runs:
         assert SECRET not in run.stdout + run.stderr
+        assert "template for task args" not in run.stdout + run.stderr  # no templated argument set
 
     pool = conn.storagePoolLookupByName(lab["pool"])
     volumes = sorted(pool.listVolumes())
