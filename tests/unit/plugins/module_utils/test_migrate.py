@@ -15,7 +15,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     KvmValidationError,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
-    ARGUMENT_SPEC,
     Migrator,
     Progress,
     build_call,
@@ -36,20 +35,11 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate_place import 
     choose,
 )
 
-from .test_migrate_fakes import GUEST_XML, FakeHost, FakeKvm, error, move, opener_for
+from .migrate_fakes import DST, GUEST_XML, SRC, FakeHost, FakeKvm, error, move, opener_for, params
 
-SRC = "qemu+tcp://198.18.0.11/system"
-DST = "qemu+tcp://198.18.0.12/system"
 DST2 = "qemu+tcp://198.18.0.13/system"
 UUID = "11111111-2222-3333-4444-555555555555"
 DISK = "/var/lib/libvirt/images/g.qcow2"
-
-
-def params(**overrides):
-    p = {k: spec.get("default") for k, spec in ARGUMENT_SPEC.items()}
-    p.update(uri=SRC, connect_timeout=1, name="g1", dest_uri=DST, poll_interval=0.02)
-    p.update(overrides)
-    return p
 
 
 @pytest.fixture

@@ -13,18 +13,11 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
     tls_wanted,
 )
 
-from .test_migrate_fakes import FakeHost, FakeKvm, move, opener_for
+from .migrate_fakes import DST as TCP_DST
+from .migrate_fakes import SRC as TCP_SRC
+from .migrate_fakes import FakeHost, FakeKvm, move, opener_for, params
 
-TCP_SRC = "qemu+tcp://198.18.0.11/system"
-TCP_DST = "qemu+tcp://198.18.0.12/system"
 TLS_DST = "qemu+tls://198.18.0.12/system"
-
-
-def params(**overrides):
-    p = {k: spec.get("default") for k, spec in ARGUMENT_SPEC.items()}
-    p.update(uri=TCP_SRC, connect_timeout=1, name="g1", dest_uri=TCP_DST, poll_interval=0.02)
-    p.update(overrides)
-    return p
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._secrets import (
     strip_secrets,
 )
 
-from .test_domain_manager import FakeKvm
+from .domain_fakes import FakeKvm
 
 PW = 'N&ew<"p'  # needs escaping in XML and in JSON
 

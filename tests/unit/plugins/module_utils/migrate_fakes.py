@@ -15,6 +15,10 @@ import libvirt
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmLibvirtError
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import ARGUMENT_SPEC
+
+SRC = "qemu+tcp://198.18.0.11/system"
+DST = "qemu+tcp://198.18.0.12/system"
 
 GUEST_XML = """<domain type='qemu'>
   <name>{name}</name>
@@ -332,3 +336,11 @@ def move(src: FakeHost, dest: FakeHost, *, seconds=0.0, stats=None, completed=No
         return 0 if flags & libvirt.VIR_MIGRATE_PEER2PEER else moved
 
     return impl
+
+
+def params(**overrides):
+    """The migrate module's parameters: its defaults, SRC to DST, quick polling."""
+    p = {k: spec.get("default") for k, spec in ARGUMENT_SPEC.items()}
+    p.update(uri=SRC, connect_timeout=1, name="g1", dest_uri=DST, poll_interval=0.02)
+    p.update(overrides)
+    return p
