@@ -1,4 +1,4 @@
-"""Unit tests of the external snapshot revert and delete: the order of their steps.
+"""Unit tests of the external snapshot revert and delete: their plans and the order of their steps.
 
 A fake guest records every libvirt call it gets, with the image directory's files (name ->
 content) at that moment; a fake ``qemu-img create`` writes a small file. The failure paths
@@ -15,7 +15,10 @@ import libvirt
 import pytest
 from lxml import etree
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
+    KvmError,
+    KvmValidationError,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot_external import (
     ExternalDeletePlan,
     ExternalRevertPlan,
@@ -24,6 +27,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._snapshot_external imp
     apply_external_delete,
     apply_external_revert,
     make_overlay,
+    plan_external_delete,
+    plan_external_revert,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot_model import (
     SnapshotDisk,
@@ -471,3 +476,227 @@ def test_an_unreadable_backing_chain_stops_the_delete_plan(tmp_path):
     dom = FakeDom(tmp_path, {"vda": tmp_path / "gone.qcow2"}, running=False)
     with pytest.raises(KvmError, match="Cannot read the backing chain of"):
         active_chains(dom, local=True)
+
+
+# ---------------------------------------------------------------------------------------
+# plans: what delete and revert will do, and what they refuse
+
+
+def model(
+    folder: Path,
+    name: str,
+    disks: dict[str, tuple[str, str]],
+    *,
+    parent: str | None = None,
+    children: tuple[str, ...] = (),
+    current: bool = False,
+    memory: str = "no",
+) -> SnapshotModel:
+    """Snapshot ``name`` with, per disk target, (overlay, base) file names in ``folder``."""
+    return SnapshotModel(
+        name=name,
+        description=None,
+        state="disk-snapshot",
+        creation_time=1,
+        parent=parent,
+        current=current,
+        memory=memory,
+        disks=[
+            SnapshotDisk(t, "external", str(folder / f), str(folder / b), "raw")
+            for t, (f, b) in disks.items()
+        ],
+        children=list(children),
+    )
+
+
+def s1_with_child(folder: Path, **kwargs) -> tuple[SnapshotModel, SnapshotModel]:
+    s1 = model(
+        folder,
+        "s1",
+        {"vda": ("vda.s1.qcow2", "vda.raw"), "vdb": ("vdb.s1.qcow2", "vdb.raw")},
+        children=("s2",),
+        **kwargs,
+    )
+    s2 = model(
+        folder,
+        "s2",
+        {"vda": ("vda.s2.qcow2", "vda.s1.qcow2"), "vdb": ("vdb.s2.qcow2", "vdb.s1.qcow2")},
+        parent="s1",
+    )
+    return s1, s2
+
+
+def test_delete_plan_refuses_a_snapshot_with_two_children(guest, tmp_path):
+    s1, s2 = s1_with_child(tmp_path)
+    s1.children = ["s3", "s2"]
+    s3 = model(tmp_path, "s3", {"vda": ("vda.s3.qcow2", "vda.s1.qcow2")}, parent="s1")
+    snaps = {"s1": s1, "s2": s2, "s3": s3}
+    with pytest.raises(KvmValidationError, match=r"has 2 child snapshots \(s2, s3\)"):
+        plan_external_delete(guest, snaps, s1, local=True)
+
+
+def test_delete_plan_counts_only_children_that_still_exist(guest, tmp_path):
+    s1, s2 = s1_with_child(tmp_path)
+    s1.children = ["s2", "gone"]
+    plan = plan_external_delete(guest, {"s1": s1, "s2": s2}, s1, local=True)
+    assert plan.method == "libvirt"
+    assert plan.detail == "block commit into the base (libvirt)"
+
+
+def test_delete_plan_refuses_a_current_snapshot_with_a_child(guest, tmp_path):
+    s1, s2 = s1_with_child(tmp_path, current=True)
+    with pytest.raises(KvmValidationError, match="is current and has a child \\(s2\\)"):
+        plan_external_delete(guest, {"s1": s1, "s2": s2}, s1, local=True)
+
+
+def test_delete_plan_refuses_when_the_child_is_not_based_on_the_overlay(guest, tmp_path):
+    s1, s2 = s1_with_child(tmp_path)
+    s2.disk("vdb").base = str(tmp_path / "vdb.s1.r1.qcow2")  # s1 was reverted to since
+    with pytest.raises(KvmValidationError, match="disk vdb of its child s2 is not based on"):
+        plan_external_delete(guest, {"s1": s1, "s2": s2}, s1, local=True)
+
+
+def test_delete_plan_refuses_an_overlay_outside_the_active_chain(guest, tmp_path):
+    s1, s2 = s1_with_child(tmp_path)
+    for snap, old in ((s1, "file"), (s2, "base")):
+        setattr(snap.disk("vda"), old, str(tmp_path / "vda.elsewhere.qcow2"))
+    with pytest.raises(KvmValidationError, match="not in the active image chain of disk vda"):
+        plan_external_delete(guest, {"s1": s1, "s2": s2}, s1, local=True)
+
+
+def test_delete_plan_of_the_guests_top_overlays_is_an_active_commit(guest, tmp_path):
+    plan = plan_external_delete(guest, {"s1": snapshot(tmp_path)}, snapshot(tmp_path), local=False)
+    assert plan.method == "libvirt"
+    assert plan.detail == "active block commit into the base (libvirt)"
+    assert plan.remove_files == []
+
+
+def test_delete_plan_refuses_overlays_partly_in_use(guest, tmp_path):
+    snap = snapshot(tmp_path)
+    snap.disk("vdb").file = str(tmp_path / "vdb.other.qcow2")
+    with pytest.raises(KvmValidationError, match="some of its overlays are in use and some are"):
+        plan_external_delete(guest, {"s1": snap}, snap, local=True)
+
+
+def reverted_away(folder: Path) -> dict[str, SnapshotModel]:
+    """s1 (the guest's overlays now), and s2 the guest was reverted away from: vda.s2 sits
+    on an old overlay of s1 that the revert replaced, vdb.s2 on s1's current overlay."""
+    s1 = model(
+        folder,
+        "s1",
+        {"vda": ("vda.s1.qcow2", "vda.raw"), "vdb": ("vdb.s1.qcow2", "vdb.raw")},
+        children=("s2",),
+    )
+    s2 = model(
+        folder,
+        "s2",
+        {"vda": ("vda.s2.qcow2", "vda.s1.old.qcow2"), "vdb": ("vdb.s2.qcow2", "vdb.s1.qcow2")},
+        parent="s1",
+    )
+    return {"s1": s1, "s2": s2}
+
+
+def test_delete_plan_of_a_reverted_away_snapshot_needs_a_local_uri(guest, tmp_path):
+    snaps = reverted_away(tmp_path)
+    with pytest.raises(KvmValidationError, match="run the module on the KVM host"):
+        plan_external_delete(guest, snaps, snaps["s2"], local=False)
+
+
+def test_delete_plan_of_a_reverted_away_snapshot_discards_its_files_and_orphan_base(
+    guest, tmp_path
+):
+    snaps = reverted_away(tmp_path)
+    plan = plan_external_delete(guest, snaps, snaps["s2"], local=True)
+    assert plan.method == "discard"
+    assert plan.remove_files == [
+        str(tmp_path / "vda.s2.qcow2"),
+        str(tmp_path / "vda.s1.old.qcow2"),
+        str(tmp_path / "vdb.s2.qcow2"),
+    ]
+    assert str(tmp_path / "vdb.s1.qcow2") not in plan.remove_files  # the guest's overlay
+
+
+def test_delete_plan_keeps_files_another_snapshot_still_uses(guest, tmp_path):
+    snaps = reverted_away(tmp_path)
+    snaps["s3"] = model(
+        tmp_path,
+        "s3",
+        {"vda": ("vda.s3.qcow2", "vda.s1.old.qcow2"), "vdb": ("vdb.s3.qcow2", "vdb.s2.qcow2")},
+        parent="s1",
+    )
+    plan = plan_external_delete(guest, snaps, snaps["s2"], local=True)
+    assert plan.remove_files == [str(tmp_path / "vda.s2.qcow2")]
+
+
+def test_revert_plan_needs_a_local_uri(guest, tmp_path):
+    snap = snapshot(tmp_path)
+    with pytest.raises(KvmValidationError, match="Reverting to external snapshot s1 handles"):
+        plan_external_revert(guest, {"s1": snap}, snap, local=False)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+@pytest.mark.parametrize(
+    ("memory", "kind", "match"),
+    [
+        ("external", "external", "is external with memory=True"),
+        ("no", "internal", "is internal with memory=False"),
+    ],
+)
+def test_revert_plan_takes_only_disk_only_external_snapshots(guest, tmp_path, memory, kind, match):
+    snap = snapshot(tmp_path)
+    snap.memory = memory
+    for d in snap.disks:
+        d.snapshot = kind
+    with pytest.raises(KvmValidationError, match=match):
+        plan_external_revert(guest, {"s1": snap}, snap, local=True)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_revert_plan_refuses_a_disk_the_guest_no_longer_has(guest, tmp_path):
+    snap = snapshot(tmp_path)
+    snap.disk("vdb").name = "vdc"
+    with pytest.raises(KvmValidationError, match="has disk vdc, which the guest no longer has"):
+        plan_external_revert(guest, {"s1": snap}, snap, local=True)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_revert_plan_refuses_a_missing_base_image(guest, tmp_path):
+    (tmp_path / "vdb.raw").unlink()
+    snap = snapshot(tmp_path)
+    with pytest.raises(KvmValidationError, match=f"\\({tmp_path}/vdb.raw\\) is missing"):
+        plan_external_revert(guest, {"s1": snap}, snap, local=True)
+    assert guest.events == []
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_revert_plan_without_children_rewrites_the_overlays_in_place(guest, tmp_path):
+    snap = snapshot(tmp_path)
+    plan = plan_external_revert(guest, {"s1": snap}, snap, local=True)
+    assert plan == in_place_plan(tmp_path)
+    assert plan.redefine is False
+    assert [f["new_file"] for f in plan.facts()] == [False, False]
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_revert_plan_forks_an_overlay_a_child_is_based_on_to_a_free_name(guest, tmp_path):
+    snap = snapshot(tmp_path)
+    snap.children = ["s2", "s3"]
+    s2 = model(
+        tmp_path,
+        "s2",
+        {"vda": ("vda.s2.qcow2", "vda.x.qcow2"), "vdb": ("vdb.s2.qcow2", "vdb.s1.qcow2")},
+    )
+    s3 = model(tmp_path, "s3", {"vdb": ("vdb.s3.qcow2", "vdb.s1.r2.qcow2")})  # r2 is taken
+    (tmp_path / "vdb.s1.r1.qcow2").write_text("left by an earlier revert")  # r1 is taken
+    plan = plan_external_revert(guest, {"s1": snap, "s2": s2, "s3": s3}, snap, local=True)
+    assert plan.disks[0] == in_place_plan(tmp_path).disks[0]
+    assert plan.disks[1] == RevertDisk(
+        "vdb", str(tmp_path / "vdb.raw"), "raw", str(tmp_path / "vdb.s1.r3.qcow2"), False
+    )
+    assert plan.redefine is True
+    assert plan.facts()[1] == {
+        "disk": "vdb",
+        "base": str(tmp_path / "vdb.raw"),
+        "overlay": str(tmp_path / "vdb.s1.r3.qcow2"),
+        "new_file": True,
+    }
