@@ -31,7 +31,7 @@ from ._domain_model import (
     parse_cpuset,
     read_disks,
 )
-from ._libvirt import libvirt
+from ._libvirt import MEMORY_PARAM_UNLIMITED, libvirt
 
 try:
     from lxml import etree
@@ -187,7 +187,7 @@ class LiveUpdater:
         return self._sched("vcpu_quota", value or -1)
 
     def _memtune(self, key, mib):
-        value = mib * 1024 if mib else libvirt.VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
+        value = mib * 1024 if mib else MEMORY_PARAM_UNLIMITED
         self.dom.setMemoryParameters({key: value}, self.live)
         return True
 

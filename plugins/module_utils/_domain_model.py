@@ -1163,6 +1163,11 @@ def _read_memtune(tag):
     return read
 
 
+def _project_no_limit(actual, want):
+    """A limit of 0 asks for no limit, which reads back as None."""
+    return 0 if actual is None and want == 0 else actual
+
+
 def _write_memtune(tag):
     order = ("hard_limit", "soft_limit", "swap_hard_limit", "min_guarantee")
 
@@ -1276,8 +1281,18 @@ FIELDS: list[Field] = [
     Field("tuning.numa_memory", _read_numa, _write_numa, _project_keys),
     Field("tuning.hugepages", _read_hugepages, _write_hugepages, _project_keys),
     Field("tuning.memory_locked", _read_locked, _write_locked),
-    Field("tuning.memory_hard_limit", _read_memtune("hard_limit"), _write_memtune("hard_limit")),
-    Field("tuning.memory_soft_limit", _read_memtune("soft_limit"), _write_memtune("soft_limit")),
+    Field(
+        "tuning.memory_hard_limit",
+        _read_memtune("hard_limit"),
+        _write_memtune("hard_limit"),
+        _project_no_limit,
+    ),
+    Field(
+        "tuning.memory_soft_limit",
+        _read_memtune("soft_limit"),
+        _write_memtune("soft_limit"),
+        _project_no_limit,
+    ),
     Field("tuning.blkio_weight", _read_blkio_weight, _write_blkio_weight),
     Field("tuning.cachetune", _read_cachetune, _write_cachetune),
 ]

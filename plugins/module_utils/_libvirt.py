@@ -31,6 +31,11 @@ else:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+# C defines of libvirt that libvirt-python does not export.
+# VIR_DOMAIN_MEMORY_PARAM_UNLIMITED: "no limit" for a memory tuning parameter, in KiB.
+MEMORY_PARAM_UNLIMITED = 9007199254740991
+
+
 # --- URIs ------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.helpers import wait_for
+
 URI = "qemu:///system"
 TINY_CMDLINE_FALLBACK = "console=ttyS0"
 
@@ -514,14 +516,29 @@ def test_tiny_live_memory_and_vcpus(playbook, conn, tiny):
         libvirt.VIR_DOMAIN_AFFECT_LIVE,
     )
     # the balloon target reached the guest's driver
-    deadline = time.monotonic() + 60
-    while dom.info()[2] != 160 * 1024 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert dom.info()[2] == 160 * 1024
+    wait_for(lambda: dom.info()[2] == 160 * 1024, 60, "the balloon at 160 MiB", interval=0.5)
     assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).count("163840") == 1
     # the guest kept running the whole time (no reboot: the heartbeat counter went on)
     before = guest.last_heartbeat()
     assert guest.wait_heartbeat(after=before, timeout=120) > before
+
+
+@pytest.mark.lab
+def test_tiny_memory_limit_set_and_lifted_live(playbook, conn, tiny):
+    spec, guest = tiny
+    limited = dict(spec, tuning={"memory_soft_limit": 1024})
+    created = playbook([task("create", limited)])
+    assert created.rc == 0, created.stdout[-3000:]
+    guest.wait_heartbeat(timeout=300)
+    dom = conn.lookupByName(spec["name"])
+    assert dom.memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)["soft_limit"] == 1024 * 1024
+    # 0 removes the limit: lifted on the running guest too (libvirt's "unlimited")
+    run = playbook(four_times(dict(spec, tuning={"memory_soft_limit": 0})))
+    assert_converges(run)
+    assert "tuning.memory_soft_limit" in run.task("apply1")["live_applied"]
+    assert dom.memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)["soft_limit"] == 2**53 - 1
+    assert "<soft_limit" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert guest.wait_heartbeat(after=guest.last_heartbeat(), timeout=120)
 
 
 @pytest.mark.lab
@@ -547,10 +564,13 @@ def test_tiny_restart_required_then_restart(playbook, conn, tiny):
     assert conn.lookupByName(spec["name"]).maxMemory() == 320 * 1024
     # a new boot (a new QEMU process), and the guest comes alive again
     assert conn.lookupByName(spec["name"]).ID() != first_id
-    deadline = time.monotonic() + 300
-    while b"HEARTBEAT 1" not in guest.console()[marker:]:
-        assert time.monotonic() < deadline, guest.console()[-600:]
-        time.sleep(0.5)
+    wait_for(
+        lambda: b"HEARTBEAT 1" in guest.console()[marker:],
+        300,
+        "the first heartbeat of the new boot",
+        interval=0.5,
+        detail=lambda: f"; console tail {guest.console()[-600:]!r}",
+    )
 
 
 @pytest.mark.lab

@@ -225,12 +225,6 @@ def test_iothread_pins_only_for_threads_the_guest_has():
 UNLIMITED_KIB = 9007199254740991
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="issue 15: _domain_live._memtune uses libvirt.VIR_DOMAIN_MEMORY_PARAM_UNLIMITED, "
-    "which libvirt-python does not define: removing a memory limit live crashes",
-)
 @pytest.mark.parametrize("name", ["tuning.memory_hard_limit", "tuning.memory_soft_limit"])
 def test_a_removed_memory_limit_is_lifted_live(name):
     dom = RecordingDom()

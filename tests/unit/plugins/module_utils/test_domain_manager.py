@@ -193,3 +193,13 @@ def test_cpusets_are_bounded_before_anything_changes(conn, cpuset, message):
 def test_cpuset_exclusion_reaches_the_definition(conn):
     result = run(conn, **BASE, tuning={"emulator_pin": "0-3,^1"})
     assert "<emulatorpin cpuset='0,2-3'/>" in result["xml"].replace('"', "'")
+
+
+@pytest.mark.parametrize("limit", ["memory_hard_limit", "memory_soft_limit"])
+def test_a_memory_limit_of_zero_removes_it_and_then_changes_nothing(conn, limit):
+    run(conn, **BASE, tuning={limit: 512})
+    assert "<memtune>" in conn.lookupByName("g1").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    removed = run(conn, **BASE, tuning={limit: 0})
+    assert removed["changed"] is True and removed["changes"] == [f"tuning.{limit}"]
+    assert "memtune" not in conn.lookupByName("g1").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert run(conn, **BASE, tuning={limit: 0})["changed"] is False
