@@ -28,6 +28,7 @@ import libvirt
 import pytest
 import yaml
 
+from tests.helpers import wait_for
 from tests.integration.conftest import ROOT, run_playbook
 from tests.lab import hosts as lab_hosts_mod
 from tests.lab.guests import TinyGuest, disk_xml
@@ -443,15 +444,14 @@ def _start_libvirtd(host, site: Site) -> None:
         capture_output=True,
         timeout=60,
     )
-    deadline = time.monotonic() + 120
-    while True:
+
+    def connected():
         try:
-            conn = host.connect()
-            break
+            return host.connect()
         except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+            return None
+
+    conn = wait_for(connected, 120, f"a connection to the restarted {host.uri}", interval=0.5)
     with contextlib.suppress(libvirt.libvirtError):
         site.conns[host.uri].close()
     site.conns[host.uri] = conn
@@ -467,11 +467,12 @@ def _migrate_in_background(tmp_path, args: dict) -> tuple[threading.Thread, list
 
 
 def _wait_moving(worker: threading.Thread, progress: Path) -> None:
-    deadline = time.monotonic() + 180
-    while not any(e.get("data_transferred_bytes") for e in progress_events(progress)):
+
+    def moving() -> bool:
         assert worker.is_alive(), "the migration ended before it moved data"
-        assert time.monotonic() < deadline, "the migration never started moving data"
-        time.sleep(0.2)
+        return any(e.get("data_transferred_bytes") for e in progress_events(progress))
+
+    wait_for(moving, 180, "the migration moving data")
 
 
 def test_destination_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix, tmp_path):
@@ -520,13 +521,19 @@ def test_destination_libvirtd_killed_mid_migration(site, tiny_guest, name_prefix
 
 def _running_on(site, name: str, timeout: float = 120) -> str:
     """The one host where guest ``name`` runs, once exactly one host runs it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        running = [uri for uri, state in where(site, name).items() if state == "running"]
-        if len(running) == 1:
-            return running[0]
-        assert time.monotonic() < deadline, f"{name} runs on {running}"
-        time.sleep(0.5)
+    seen: list[str] = []
+
+    def one() -> str | None:
+        seen[:] = [uri for uri, state in where(site, name).items() if state == "running"]
+        return seen[0] if len(seen) == 1 else None
+
+    return wait_for(
+        one,
+        timeout,
+        f"{name} running on one host",
+        interval=0.5,
+        detail=lambda: f" (runs on {seen})",
+    )
 
 
 @pytest.mark.parametrize("back", [False, True], ids=["source-stays-down", "source-back-at-once"])

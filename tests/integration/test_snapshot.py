@@ -21,6 +21,7 @@ import libvirt
 import pytest
 from lxml import etree
 
+from tests.helpers import wait_for
 from tests.lab.guests import TinyGuest, disk_xml
 from tests.lab.images import build_tiny, lab_dir
 
@@ -85,11 +86,11 @@ def boot_again(guest: TinyGuest, timeout: float = BOOT_TIMEOUT) -> None:
     """Start a stopped guest and wait for its command shell in the new part of the log."""
     offset = len(guest.console())
     guest.dom.create()
-    deadline = time.monotonic() + timeout
-    while b"TINY CMD READY" not in guest.console()[offset:]:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{guest.name} did not boot again in {timeout:g} s")
-        time.sleep(0.2)
+    wait_for(
+        lambda: b"TINY CMD READY" in guest.console()[offset:],
+        timeout,
+        f"{guest.name} booting again",
+    )
 
 
 def image_files(guest: TinyGuest) -> list[str]:

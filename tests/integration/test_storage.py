@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import libvirt
@@ -22,6 +21,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._storage import (
     lookup_ceph_secret,
     pool_spec_from_params,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -387,13 +387,15 @@ def http_server(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return True
         except OSError:
-            time.sleep(0.1)
+            return False
+
+    wait_for(listening, 10, f"the test HTTP server on port {port}", interval=0.1)
     try:
         yield root, f"http://127.0.0.1:{port}", log
     finally:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from tests.helpers import wait_for
+
 from .hosts import COMMAND_SOCKET_DIR, path_on_host
 from .images import DebianImage, TinyImage, lab_dir
 
@@ -298,44 +300,46 @@ class TinyGuest:
     def wait_console(self, pattern: bytes | str, timeout: float = 60) -> re.Match:
         """Wait for a regex (multiline) to match the console log; return the last match."""
         regex = re.compile(pattern.encode() if isinstance(pattern, str) else pattern, re.M)
-        deadline = time.monotonic() + timeout
-        while True:
-            matches = list(regex.finditer(self.console()))
-            if matches:
-                return matches[-1]
-            if time.monotonic() > deadline:
-                tail = self.console()[-600:].decode(errors="replace")
-                raise GuestTimeout(
-                    f"{self.name}: no {regex.pattern!r} on the console in {timeout:g} s; "
-                    f"console tail:\n{tail}"
-                )
-            time.sleep(0.1)
+        return wait_for(
+            lambda: ([None, *regex.finditer(self.console())])[-1],
+            timeout,
+            f"{self.name}: {regex.pattern!r} on the console",
+            interval=0.1,
+            error=GuestTimeout,
+            detail=self._console_tail,
+        )
+
+    def _console_tail(self) -> str:
+        return "; console tail:\n" + self.console()[-600:].decode(errors="replace")
 
     def wait_heartbeat(self, after: int = 0, timeout: float = 60) -> int:
         """Wait for a heartbeat greater than ``after``; return the newest one."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def newer() -> int | None:
             last = self.last_heartbeat()
-            if last is not None and last > after:
-                return last
-            if time.monotonic() > deadline:
-                tail = self.console()[-600:].decode(errors="replace")
-                raise GuestTimeout(
-                    f"{self.name}: no heartbeat after {after} in {timeout:g} s "
-                    f"(last {last}); console tail:\n{tail}"
-                )
-            time.sleep(0.1)
+            return last if last is not None and last > after else None
+
+        return wait_for(
+            newer,
+            timeout,
+            f"{self.name}: a heartbeat after {after} (last {self.last_heartbeat()} at the start)",
+            interval=0.1,
+            error=GuestTimeout,
+            detail=self._console_tail,
+        )
 
     def dhcp_address(self, mac: str | None = None, timeout: float = 60) -> str:
         """The IPv4 address the guest got by DHCP (on the NIC with ``mac``, if given)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def address() -> str | None:
             for m in reversed(list(DHCP_RE.finditer(self.console()))):
                 if mac is None or m.group(2).decode().lower() == mac.lower():
                     return m.group(3).decode()
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"{self.name}: no DHCP address on the console in {timeout:g} s")
-            time.sleep(0.2)
+            return None
+
+        return wait_for(
+            address, timeout, f"{self.name}: a DHCP address on the console", error=GuestTimeout
+        )
 
     # command channel ------------------------------------------------------------------
     def run(self, cmd: str, timeout: float = 30) -> tuple[int, str]:
@@ -476,14 +480,20 @@ def debian_domain_xml(
 def wait_lease(conn: libvirt.virConnect, network: str, mac: str, timeout: float = 180) -> str:
     """The IPv4 address libvirt's dnsmasq leased to ``mac`` on ``network``."""
     net = conn.networkLookupByName(network)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def leased() -> str | None:
         for lease in net.DHCPLeases(mac):
             if lease.get("ipaddr") and lease.get("type", 0) == 0:  # VIR_IP_ADDR_TYPE_IPV4
                 return lease["ipaddr"]
-        if time.monotonic() > deadline:
-            raise GuestTimeout(f"no DHCP lease for {mac} on network {network} in {timeout:g} s")
-        time.sleep(0.5)
+        return None
+
+    return wait_for(
+        leased,
+        timeout,
+        f"a DHCP lease for {mac} on network {network}",
+        interval=0.5,
+        error=GuestTimeout,
+    )
 
 
 def wait_ssh(address: str, port: int = 22, timeout: float = 180) -> float:

@@ -41,6 +41,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.helpers import wait_for
+
 from .images import lab_dir
 
 BRIDGE = "vtlab-br0"
@@ -168,15 +170,21 @@ class Lab:
 def lab_lock(timeout: float = 1800):
     """Hold the lab's lock (one lab per machine at a time)."""
     with open(hosts_dir() / ".lock", "a+") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def locked() -> bool:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("another process holds the lab hosts lock") from None
-                time.sleep(1)
+                return False
+
+        wait_for(
+            locked,
+            timeout,
+            "the lab hosts lock (another process holds it)",
+            interval=1,
+            error=TimeoutError,
+        )
         try:
             yield
         finally:
@@ -223,13 +231,11 @@ def _read_pid(path: str) -> int:
 
 
 def _wait_pidfile(path: Path, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def live() -> int:
         pid = _read_pid(str(path))
-        if pid and _alive(pid):
-            return pid
-        time.sleep(0.1)
-    raise RuntimeError(f"no live process in {path} after {timeout:g} s")
+        return pid if pid and _alive(pid) else 0
+
+    return wait_for(live, timeout, f"a live process in {path}", interval=0.1, error=RuntimeError)
 
 
 # ----------------------------------------------------------------------------------------
@@ -358,17 +364,26 @@ def _start_host(host: LabHost, all_hosts: list[LabHost]) -> None:
 def _wait_answering(host: LabHost, timeout: float = START_TIMEOUT) -> None:
     import libvirt  # noqa: PLC0415
 
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[str] = []
+
+    def answers() -> bool:
         try:
             conn = libvirt.open(host.uri)
             conn.getHostname()
             conn.close()
-            return
+            return True
         except libvirt.libvirtError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{host.name}: {host.uri} does not answer: {exc}") from exc
-            time.sleep(0.3)
+            last[:] = [str(exc)]
+            return False
+
+    wait_for(
+        answers,
+        timeout,
+        f"{host.name}: {host.uri} answering",
+        interval=0.3,
+        error=RuntimeError,
+        detail=lambda: f" ({last[0] if last else 'no error'})",
+    )
 
 
 def _start_libvirtd(host: LabHost) -> None:

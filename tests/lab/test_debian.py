@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.lab.guests import wait_ssh
 
 pytestmark = pytest.mark.lab
@@ -61,12 +63,15 @@ def test_debian_guest_answers_ansible_ping(
     record_property("start_to_ssh_s", round(ssh_s, 1))
 
     # sshd answers before cloud-init has installed the key: retry for a while
-    deadline = time.monotonic() + 300
-    while True:
-        proc = ansible_ping(address, ssh_keypair.private, "virtops")
-        if proc.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(5)
+    pings = []
+
+    def pong() -> bool:
+        pings.append(ansible_ping(address, ssh_keypair.private, "virtops"))
+        return pings[-1].returncode == 0
+
+    with contextlib.suppress(AssertionError):  # the last try's output is asserted below
+        wait_for(pong, 300, "an Ansible ping of the guest", interval=5)
+    proc = pings[-1]
     record_property("start_to_ansible_ping_s", round(time.monotonic() - guest.started_at, 1))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '"ping": "pong"' in proc.stdout

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests.helpers import wait_for
+
 pytestmark = pytest.mark.lab
 
 
@@ -33,10 +35,7 @@ def test_acpi_shutdown_keeps_marker_on_disk(tiny_guest):
     assert b"TINY MARKER FORMAT /dev/vda" in guest.console()
     guest.write_marker("kept", "across a power cycle")
     guest.dom.shutdown()  # ACPI power button
-    deadline = time.monotonic() + 120
-    while guest.dom.isActive():
-        assert time.monotonic() < deadline, "guest ignored the ACPI power button"
-        time.sleep(0.2)
+    wait_for(lambda: not guest.dom.isActive(), 120, "the guest acting on the ACPI power button")
     assert b"TINY POWEROFF" in guest.console()
 
     guest.files.console_log.write_bytes(b"")
