@@ -672,18 +672,11 @@ xml:
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._domain import DomainManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (  # noqa: E402
+    IOTUNE_KEYS,
+)
 
-_IOTUNE = {
-    k: {"type": "int"}
-    for k in (
-        "total_bytes_sec",
-        "read_bytes_sec",
-        "write_bytes_sec",
-        "total_iops_sec",
-        "read_iops_sec",
-        "write_iops_sec",
-    )
-}
+_IOTUNE = {k: {"type": "int"} for k in IOTUNE_KEYS}
 _PIN = {"cpuset": {"type": "str", "required": True}}
 
 ARGUMENT_SPEC = {

@@ -272,6 +272,7 @@ host:
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (  # noqa: E402
+    IOTUNE_KEYS,
     parse_cpuset,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._tuning import (  # noqa: E402
@@ -284,17 +285,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._tuning import (  # no
     read_host,
 )
 
-IOTUNE_SPEC = {
-    key: {"type": "int"}
-    for key in (
-        "total_bytes_sec",
-        "read_bytes_sec",
-        "write_bytes_sec",
-        "total_iops_sec",
-        "read_iops_sec",
-        "write_iops_sec",
-    )
-}
+IOTUNE_SPEC = {key: {"type": "int"} for key in IOTUNE_KEYS}
 
 GUEST_SPEC = {
     "name": {"type": "str", "required": True},
