@@ -158,7 +158,7 @@ def test_empty_title_and_tags_remove_the_metadata():
 def test_tags_are_written_sorted_and_once():
     dom = RecordingDom()
     LiveUpdater(dom, 4).apply(["tags"], {"tags": ["web", "db", "web"]}, root(), root())
-    (_, text, prefix, uri, flags) = dom.named("setMetadata")[0]
+    (_kind, text, prefix, uri, flags) = dom.named("setMetadata")[0]
     assert etree.fromstring(text).xpath("tag/text()") == ["db", "web"]
     assert flags == LIVE and prefix and uri
 
@@ -276,7 +276,7 @@ def test_exclusive_disks_detach_what_the_definition_dropped():
         ["disks"], {"disks": disk_wish(new, exclusive=True)}, live, new
     )
     assert result.applied == ["disks"]
-    ((text, _),) = dom.named("detachDeviceFlags")
+    ((text, _flags),) = dom.named("detachDeviceFlags")
     assert etree.fromstring(text).find("target").get("dev") == "vdb"
     assert etree.fromstring(text).find("alias") is not None  # libvirt finds it by alias
 
@@ -296,7 +296,7 @@ def test_a_cdrom_media_change_is_an_update():
     dom = RecordingDom()
     result = LiveUpdater(dom, 4).apply(["disks"], {"disks": disk_wish(new)}, live, new)
     assert result.applied == ["disks"]
-    ((text, _),) = dom.named("updateDeviceFlags")
+    ((text, _flags),) = dom.named("updateDeviceFlags")
     assert etree.fromstring(text).find("source").get("file") == "/iso/b.iso"
 
 

@@ -48,7 +48,7 @@ def sysfs(tmp_path):
 
 
 def test_sysfs_tells_bridges_from_other_interfaces(sysfs):
-    host, _ = sysfs
+    host, _root = sysfs
     assert host.interface_kind("br0") == "bridge"
     assert host.interface_kind("eth0") == "other"
     assert host.interface_kind("nope") is None
@@ -56,12 +56,12 @@ def test_sysfs_tells_bridges_from_other_interfaces(sysfs):
 
 @pytest.mark.parametrize("name", ["", "br0/bridge", "../sys/br0"])
 def test_sysfs_refuses_empty_names_and_paths(sysfs, name):
-    host, _ = sysfs
+    host, _root = sysfs
     assert host.interface_kind(name) is None
 
 
 def test_sysfs_without_route_files_has_no_routes(sysfs):
-    host, _ = sysfs
+    host, _root = sysfs
     assert host.routes() == []
 
 
@@ -152,4 +152,4 @@ def test_libvirt_host_sees_a_bridge_and_says_unknown_when_it_cannot_ask():
     ],
 )
 def test_host_for_reads_sysfs_only_for_this_machines_real_driver(uri, kind):
-    assert type(host_for(uri, object())) is kind
+    assert isinstance(host_for(uri, object()), kind)
