@@ -22,7 +22,8 @@ demo: setup
 test: setup
 	@./scripts/test.sh
 
-# Both Molecule scenarios of the host role (default: 25 minutes alone under TCG on 2 cores).
+# The Molecule scenarios of the host role: default (25 minutes alone under TCG on 2 cores),
+# bridge and selinux (sVirt on a guest booted with SELinux enforcing).
 test-host-molecule: setup
 	$(PYTEST) tests/integration/test_role_host_molecule.py
 

@@ -1,4 +1,4 @@
-"""Runs the Molecule scenarios of the host role (roles/host/molecule/{default,bridge}).
+"""Runs the Molecule scenarios of the host role (roles/host/molecule/{default,bridge,selinux}).
 
 Each boots one Debian 12 guest (TCG) on this machine's libvirtd, converges the role over SSH
 (the package install really runs, through a local apt-cacher-ng), checks that a second
@@ -18,9 +18,10 @@ pytestmark = pytest.mark.lab
 
 # default: 25 minutes alone on an idle 2-core machine (install, converge and idempotence over
 # SSH to a TCG guest), above pytest.ini's per-test timeout; `make test` runs only bridge
-# (scripts/test.sh), `make test-host-molecule` both
+# (scripts/test.sh), `make test-host-molecule` all three; selinux boots the lab's debian_selinux
+# image (SELinux enforcing, libvirt preinstalled) and checks sVirt with two paused guests inside
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("scenario", ["default", "bridge"])
+@pytest.mark.parametrize("scenario", ["default", "bridge", "selinux"])
 def test_host_role_molecule(scenario):
     proc = molecule("host", "test", "-s", scenario, timeout=3300)
     output = proc.stdout + proc.stderr
