@@ -16,9 +16,10 @@ setup:
 demo: setup
 	ansible-playbook -i inventory/localhost.yml -i inventory/demo.libvirt.yml playbooks/demo.yml
 
-# The whole suite: quality gates, then pytest over unit, integration and lab tests (the real
-# libvirtd, booted guests, the multi-host lab and Molecule scenarios); the host role's bridge
-# scenario runs as a second stream beside them (scripts/test.sh).
+# The whole suite in stages that stop at the first failure (scripts/test.sh): fast gates
+# (ruff, changelog, test collection, unit tests), slow gates (sanity, ansible-lint) with the
+# lab images and the host role's bridge Molecule scenario beside them, then the real libvirtd
+# tests (integration, booted guests, the multi-host lab, the guest role's Molecule scenario).
 test: setup
 	@./scripts/test.sh
 
