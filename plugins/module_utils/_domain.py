@@ -20,7 +20,7 @@ from typing import Any
 from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
-from ._domain_lifecycle import ACTIVE, Lifecycle, plan, state_of
+from ._domain_lifecycle import Lifecycle, plan
 from ._domain_live import LIVE_FIELDS, LiveUpdater, pending_restart
 from ._domain_model import (
     FIELDS_BY_NAME,
@@ -35,7 +35,7 @@ from ._domain_model import (
 from ._domain_spec import HostChecks, Wish, desired_from_params
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host import resolve_virt_type
-from ._libvirt import libvirt, lookup_domain
+from ._libvirt import ACTIVE_STATES, domain_state, libvirt, lookup_domain
 from ._secrets import Redactor
 from ._storage_users import StorageUsers, describe_users
 
@@ -128,7 +128,7 @@ class DomainManager:
         # keep them; it is never returned as it is (see _result)
         actual_root = _xml.parse(self._guard.seen, "domain XML") if dom else None
         self.redactor.add_from_xml(actual_root)
-        current = state_of(dom) if dom else "absent"
+        current = domain_state(dom) if dom else "absent"
         host = HostChecks(
             self.conn, self.params["uri"], check_mode=self.check_mode, warn=self.warnings.append
         )
@@ -176,8 +176,8 @@ class DomainManager:
         # a running guest that stays up: live changes, and what waits for a restart
         stays_up = (
             not creating
-            and current in ACTIVE
-            and final in ACTIVE
+            and current in ACTIVE_STATES
+            and final in ACTIVE_STATES
             and not any(s in ("shutdown", "destroy") for s in transition.steps)
         )
         restart_required: list[str] = []
@@ -233,7 +233,7 @@ class DomainManager:
             lifecycle = self._lifecycle(dom)
             lifecycle.run(transition.steps)
             if restart_required and stays_up and self.params["restart_if_required"]:
-                was = state_of(dom)
+                was = domain_state(dom)
                 lifecycle.shutdown()
                 lifecycle.start() if was != "paused" else lifecycle.start_paused()
                 restarted, restart_required = True, []
@@ -242,7 +242,7 @@ class DomainManager:
         finally:
             if creating and not done:  # a failed run leaves no half-made guest behind
                 self._undo_create(dom)
-        final_state = state_of(dom)
+        final_state = domain_state(dom)
         changed = bool(self.tracker) or restarted
         result_root = _xml.parse(inactive_xml(dom), "domain XML")
         return self._result(
@@ -412,7 +412,7 @@ class DomainManager:
         if dom is None:
             self.tracker.add("state", "absent", "absent")
             return self._result(False, name, None, "absent", None, restart_required=[])
-        current = state_of(dom)
+        current = domain_state(dom)
         root = _xml.parse(inactive_xml(dom), "domain XML")
         kept: list[dict[str, str]] = []
         volumes = self._volumes(root, name, kept) if self.params["remove_storage"] else []
@@ -420,7 +420,7 @@ class DomainManager:
         if volumes:
             self.tracker.add("volumes", [v[0] for v in volumes], [])
         if not self.check_mode:
-            if current in ACTIVE:
+            if current in ACTIVE_STATES:
                 self._lifecycle(dom).destroy()
             self._call(lambda: undefine(dom), f"remove the definition of {name}")
             for path, vol in volumes:

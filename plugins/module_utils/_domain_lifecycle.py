@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ._errors import KvmTimeoutError, from_libvirt, is_error
-from ._libvirt import ACTIVE_STATES as ACTIVE
-from ._libvirt import domain_state as state_of
-from ._libvirt import libvirt
+from ._libvirt import ACTIVE_STATES, domain_state, libvirt
 from ._wait import wait_until
 
 RESEND_SHUTDOWN_EVERY = 5.0
@@ -66,7 +64,7 @@ def plan(current: str, wanted: str) -> Transition:
         }.get(current, [])
         return Transition(steps, "shutoff")
     if wanted == "destroyed":
-        return Transition(["destroy"] if current in ACTIVE else [], "shutoff")
+        return Transition(["destroy"] if current in ACTIVE_STATES else [], "shutoff")
     raise ValueError(f"unknown state {wanted}")
 
 
@@ -145,7 +143,7 @@ class Lifecycle:
         last_request = [None]
 
         def probe():
-            state = state_of(self.dom)
+            state = domain_state(self.dom)
             if state in ("shutoff", "crashed"):
                 return state
             now = self.clock()
@@ -167,7 +165,7 @@ class Lifecycle:
                 interval=self.interval,
                 clock=self.clock,
                 sleep=self.sleep,
-                describe=lambda: state_of(self.dom),
+                describe=lambda: domain_state(self.dom),
             )
         except KvmTimeoutError as exc:
             if not self.force:
@@ -188,7 +186,7 @@ class Lifecycle:
 
     def _wait_for(self, states: tuple[str, ...], what: str) -> str:
         def probe():
-            state = state_of(self.dom)
+            state = domain_state(self.dom)
             return state if state in states else None
 
         return wait_until(
@@ -198,5 +196,5 @@ class Lifecycle:
             interval=self.interval,
             clock=self.clock,
             sleep=self.sleep,
-            describe=lambda: state_of(self.dom),
+            describe=lambda: domain_state(self.dom),
         )
