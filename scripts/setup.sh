@@ -21,6 +21,8 @@ DEB_PACKAGES=(
     # test lab: guest images, cloud-init seeds, SSH into guests
     debootstrap genisoimage busybox-static cpio e2fsprogs dosfstools openssh-client
     ca-certificates git rsync
+    # the host role's certificates (its TLS tests make a CA with openssl)
+    openssl
     # storage tests: logical (LVM) pools on loop devices
     lvm2
     # role host molecule scenarios: package cache for the guests
