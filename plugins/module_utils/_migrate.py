@@ -11,33 +11,38 @@ migration watched by ``MigrationJob`` -> ask both hosts where the guest is now (
 when a connection broke) -> success only when the destination has it in the state asked for
 and the source confirms it no longer runs there; otherwise clean up only what is safe and
 say where the guest is.
+
+The options and the libvirt call they make are in ``_migrate_options``, choosing a destination
+in ``_migrate_place``, the watched job in ``_migrate_job``, what follows it in
+``_migrate_result``.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
-from urllib.parse import urlsplit
+from typing import Any, Callable
 
-from . import _xml
 from ._client import open_connection
 from ._diff import DifferenceTracker
-from ._errors import KvmError, KvmLibvirtError, KvmValidationError, from_libvirt, is_error
-from ._libvirt import libvirt, lookup_domain, run_state
-from ._migrate_job import JobOutcome, JobPolicy, MigrationJob, bounded, figures, job_active
+from ._errors import KvmError, KvmValidationError, from_libvirt
+from ._libvirt import libvirt, lookup_domain
+from ._migrate_job import JobPolicy, MigrationJob
+from ._migrate_options import build_call, default_timeout, tls_wanted, validate, volume_xml
 from ._migrate_place import (
     Candidate,
     CheckRequest,
-    Disk,
     GuestNeeds,
     PlacementLock,
     check_destination,
     choose,
     host_uuid,
+)
+from ._migrate_result import (
+    Aftermath,
+    Attempt,
+    Destination,
+    Progress,
+    safe_lookup,
+    state_name,
 )
 
 try:
@@ -91,342 +96,6 @@ MODULE_KWARGS: dict[str, Any] = {
     "supports_check_mode": True,
 }
 
-_LIVE_ONLY = (
-    "max_downtime",
-    "postcopy_after_iterations",
-    "postcopy_after_seconds",
-    "postcopy_bandwidth",
-    "auto_converge_initial",
-    "auto_converge_increment",
-    "compression",
-    "parallel_connections",
-)
-
-# Default migration timeout: a base for setting up and converging, plus the data to send at
-# a conservative rate (or at the bandwidth asked for, when lower).
-TIMEOUT_BASE_S = 600
-TIMEOUT_RATE_MIB_S = 16
-# Seconds one look at a host after the job may take (a hung daemon must not hang the run).
-PROBE_WAIT = 20.0
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Refuse contradictory options before anything is looked at or changed."""
-    p = params
-    errors = []
-    live = p["mode"] == "live"
-    if p["tunnelled"] and not p["peer2peer"]:
-        errors.append("tunnelled=true needs peer2peer=true")
-    if p["tunnelled"] and p["migrate_uri"]:
-        errors.append("migrate_uri cannot be used with tunnelled=true (data goes over libvirt)")
-    if p["tunnelled"] and p["parallel_connections"]:
-        errors.append("parallel_connections cannot be used with tunnelled=true")
-    if not live:
-        used = [k for k in _LIVE_ONLY if p[k] is not None]
-        used += [k for k in ("auto_converge", "postcopy") if p[k]]
-        if p["storage_copy"] != "none":
-            used.append("storage_copy")
-        if used:
-            errors.append(
-                f"mode=offline moves only the definition; {', '.join(used)} apply to live"
-            )
-        if not p["persistent"]:
-            errors.append("mode=offline needs persistent=true (the definition is what moves)")
-    for key in (
-        "max_downtime",
-        "bandwidth",
-        "postcopy_bandwidth",
-        "parallel_connections",
-        "verify_agent_timeout",
-        "postcopy_after_iterations",
-        "postcopy_after_seconds",
-    ):
-        if p[key] is not None and p[key] <= 0:
-            errors.append(f"{key} must be greater than 0")
-    if p["timeout"] is not None and p["timeout"] < 0:
-        errors.append("timeout cannot be negative (0 waits without a limit)")
-    if p["verify_agent"] and not live:
-        errors.append("verify_agent needs mode=live (an offline guest does not run)")
-    for key in ("auto_converge_initial", "auto_converge_increment"):
-        if p[key] is not None and not p["auto_converge"]:
-            errors.append(f"{key} needs auto_converge=true")
-        if p[key] is not None and not 0 < p[key] <= 100:
-            errors.append(f"{key} is a percentage between 1 and 100")
-    needs_postcopy = [
-        k
-        for k in ("postcopy_after_iterations", "postcopy_after_seconds", "postcopy_bandwidth")
-        if p[k] is not None
-    ]
-    if p["timeout_action"] == "postcopy":
-        needs_postcopy.append("timeout_action=postcopy")
-        if not p["timeout"]:
-            errors.append("timeout_action=postcopy needs a timeout")
-    if needs_postcopy and not p["postcopy"] and live:
-        errors.append(f"{', '.join(needs_postcopy)} need postcopy=true")
-    if p["copy_disks"] and p["storage_copy"] == "none":
-        errors.append("copy_disks needs storage_copy=all or storage_copy=incremental")
-    if p["memory_reserve_mib"] < 0:
-        errors.append("memory_reserve_mib cannot be negative")
-    if p["poll_interval"] <= 0:
-        errors.append("poll_interval must be greater than 0")
-    if p["dest_candidates"] is not None and not p["dest_candidates"]:
-        errors.append("dest_candidates is empty")
-    if p["balance_threshold_mib"] is not None and not p["all_running"]:
-        errors.append("balance_threshold_mib needs all_running=true")
-    if p["parallel"] != 1 and not p["all_running"]:
-        errors.append("parallel needs all_running=true")
-    if errors:
-        raise KvmValidationError("Invalid options: " + "; ".join(errors), errors=errors)
-
-
-def default_migrate_uri(dest_uri: str) -> str | None:
-    """``tcp://HOST`` for a destination URI naming a host (None for local URIs).
-
-    libvirt's own default is the destination's host name as the destination resolves it,
-    which often points at a loopback address; the host the user named is a safer guess.
-    """
-    host = urlsplit(dest_uri).hostname
-    if not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    return f"tcp://{host}"
-
-
-def default_timeout(params: dict[str, Any], needs: GuestNeeds, disk_bytes: int = 0) -> int:
-    """Seconds the migration may take when ``timeout`` is not set.
-
-    ``TIMEOUT_BASE_S`` plus one second per ``TIMEOUT_RATE_MIB_S`` MiB to send (the guest's
-    memory, and the disks copied), or per ``bandwidth`` MiB when that is lower.
-    """
-    data_mib = (needs.memory_mib if params["mode"] == "live" else 0) + disk_bytes // (1 << 20)
-    rate = min(TIMEOUT_RATE_MIB_S, params["bandwidth"] or TIMEOUT_RATE_MIB_S)
-    return TIMEOUT_BASE_S + -(-data_mib // rate)
-
-
-QEMU_CONF = "/etc/libvirt/qemu.conf"
-
-
-def _uri_uses_tls(uri: str | None) -> bool:
-    """A URI whose transport is TLS: ``+tls``, or a remote URI without a transport."""
-    if not uri:
-        return False
-    parts = urlsplit(uri)
-    driver, _plus, transport = parts.scheme.partition("+")
-    return transport == "tls" or (not transport and bool(parts.hostname) and bool(driver))
-
-
-def _uri_is_local_qemu(uri: str | None) -> bool:
-    parts = urlsplit(uri or "")
-    driver, _plus, transport = parts.scheme.partition("+")
-    return driver == "qemu" and not parts.hostname and transport in ("", "unix")
-
-
-def qemu_conf_forces_tls(path: str = QEMU_CONF) -> bool:
-    """``qemu.conf`` sets ``migrate_tls_force = 1`` or a ``migrate_tls_x509_cert_dir``.
-
-    libvirt reads the first setting of a key. An unreadable file (not root) counts as no.
-    """
-    seen: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                key, sep, value = line.partition("=")
-                key = key.strip()
-                if sep and key and not key.startswith("#") and key not in seen:
-                    seen[key] = value.split("#", 1)[0].strip()
-    except OSError:
-        return False
-    return seen.get("migrate_tls_force") == "1" or bool(seen.get("migrate_tls_x509_cert_dir"))
-
-
-def tls_wanted(params: dict[str, Any], dest_uri: str, qemu_conf: str = QEMU_CONF) -> bool:
-    """Whether the migration uses QEMU's TLS (``VIR_MIGRATE_TLS``).
-
-    ``tls`` when set; unset (auto): a live, not tunnelled migration uses TLS when the source
-    or destination URI uses the TLS transport, or the source URI is local and its
-    ``qemu.conf`` forces or configures migration TLS (see ``qemu_conf_forces_tls``).
-    """
-    if params["tls"] is not None:
-        return params["tls"]
-    if params["mode"] != "live" or params["tunnelled"]:
-        return False
-    if _uri_uses_tls(params["uri"]) or _uri_uses_tls(dest_uri):
-        return True
-    return _uri_is_local_qemu(params["uri"]) and qemu_conf_forces_tls(qemu_conf)
-
-
-def build_call(params: dict[str, Any], dest_uri: str) -> tuple[int, dict[str, Any]]:
-    """libvirt migration flags and typed parameters for the options."""
-    p = params
-    live = p["mode"] == "live"
-    flags = libvirt.VIR_MIGRATE_LIVE if live else libvirt.VIR_MIGRATE_OFFLINE
-    mig: dict[str, Any] = {}
-    toggles = (
-        (p["peer2peer"], "VIR_MIGRATE_PEER2PEER"),
-        (p["tunnelled"], "VIR_MIGRATE_TUNNELLED"),
-        (tls_wanted(p, dest_uri), "VIR_MIGRATE_TLS"),
-        (p["persistent"], "VIR_MIGRATE_PERSIST_DEST"),
-        (p["undefine_source"], "VIR_MIGRATE_UNDEFINE_SOURCE"),
-        (p["storage_copy"] == "all", "VIR_MIGRATE_NON_SHARED_DISK"),
-        (p["storage_copy"] == "incremental", "VIR_MIGRATE_NON_SHARED_INC"),
-        (p["auto_converge"], "VIR_MIGRATE_AUTO_CONVERGE"),
-        (p["postcopy"], "VIR_MIGRATE_POSTCOPY"),
-        (bool(p["compression"]), "VIR_MIGRATE_COMPRESSED"),
-        (bool(p["parallel_connections"]), "VIR_MIGRATE_PARALLEL"),
-        (p["unsafe"], "VIR_MIGRATE_UNSAFE"),
-    )
-    for wanted, name in toggles:
-        if wanted:
-            flags |= getattr(libvirt, name)
-    if live and not p["tunnelled"]:
-        uri = p["migrate_uri"] or default_migrate_uri(dest_uri)
-        if uri:
-            mig[libvirt.VIR_MIGRATE_PARAM_URI] = uri
-    typed = (
-        ("bandwidth", "VIR_MIGRATE_PARAM_BANDWIDTH"),
-        ("postcopy_bandwidth", "VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY"),
-        ("copy_disks", "VIR_MIGRATE_PARAM_MIGRATE_DISKS"),
-        ("compression", "VIR_MIGRATE_PARAM_COMPRESSION"),
-        ("parallel_connections", "VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS"),
-        ("auto_converge_initial", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL"),
-        ("auto_converge_increment", "VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT"),
-    )
-    for key, name in typed:
-        if p[key]:
-            mig[getattr(libvirt, name)] = p[key]
-    return flags, mig
-
-
-def state_name(dom) -> str:
-    return run_state(dom.state()[0])
-
-
-class Progress:
-    """Progress of a running migration: a JSON line per sample in ``progress_file`` and the
-    module log, and a bounded list of samples returned with the result."""
-
-    MAX_SAMPLES = 60
-
-    def __init__(self, guest: str, path: str | None, log: Callable[[str], None] | None) -> None:
-        self.guest = guest
-        self.path = path
-        self.log = log
-        self.samples: list[dict[str, Any]] = []
-
-    def _write(self, record: dict[str, Any]) -> None:
-        record = dict(record, time=datetime.datetime.now(datetime.timezone.utc).isoformat())
-        if self.path:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
-        if self.log:
-            self.log(f"virtops.kvm.migrate: {json.dumps(record, sort_keys=True)}")
-
-    def event(self, event: str, **extra: Any) -> None:
-        self._write(dict(extra, guest=self.guest, event=event))
-
-    def sample(self, elapsed: float, stats: dict[str, Any]) -> None:
-        figs = figures(stats)
-        total = figs["data_total_bytes"] or 0
-        done = figs["data_transferred_bytes"] or 0
-        record = {
-            "elapsed_s": round(elapsed, 1),
-            "percent": round(100.0 * done / total, 1) if total else None,
-            "data_transferred_bytes": done,
-            "data_remaining_bytes": figs["data_remaining_bytes"],
-            "memory_iterations": figs["memory_iterations"],
-            "memory_bps": figs["memory_bps"],
-            "disk_transferred_bytes": figs["disk_transferred_bytes"],
-            "auto_converge_throttle": figs["auto_converge_throttle"],
-        }
-        self.samples.append(record)
-        if len(self.samples) > self.MAX_SAMPLES:
-            # keep the first and last, thin out the middle
-            self.samples = self.samples[:1] + self.samples[1:-1:2] + self.samples[-1:]
-        self._write(dict(record, guest=self.guest, event="progress"))
-
-
-@dataclass
-class Destination:
-    uri: str
-    conn: Any = None
-    error: KvmError | None = None
-    is_source: bool = False
-
-
-@dataclass
-class Attempt:
-    """One migration attempt: where from, where to, and what it created on the way."""
-
-    src: Any
-    src_dom: Any
-    dest: Destination
-    chosen: Candidate
-    needs: GuestNeeds
-    had_before: bool = False  # the destination knew the guest (same UUID) before we started
-    # Only volumes this run created are ever removed again: creating one fails when the
-    # file exists, so they cannot be the guest's own disk on storage shared after all.
-    created: list[str] = field(default_factory=list)
-    outcome: JobOutcome = field(default_factory=JobOutcome)
-
-
-@dataclass
-class Seen:
-    """What one host's libvirtd says about the guest after the job."""
-
-    uri: str
-    reachable: bool = False
-    found: bool = False
-    active: bool = False
-    persistent: bool = False
-    state: int | None = None
-    dom: Any = None
-    error: str | None = None
-
-    def describe(self) -> str:
-        if not self.reachable:
-            return "unknown (host not reachable)"
-        if not self.found:
-            return "not there"
-        state = run_state(self.state)
-        return state if self.active else f"{state} (defined)"
-
-
-_POSTCOPY_HINT = (
-    "; it had switched to post-copy, so its memory may be split between the source and "
-    "{dest}: recover it with libvirt's post-copy recovery (VIR_MIGRATE_POSTCOPY_RESUME)"
-)
-
-
-def _ask(conn, uri: str, uuid: str) -> Seen:
-    """One bounded look at the guest through ``conn`` (unreachable when the call fails)."""
-
-    def look() -> Seen:
-        dom = lookup_domain(conn, uuid=uuid)
-        if dom is None:
-            return Seen(uri, reachable=True)
-        state = dom.state()[0]
-        return Seen(uri, True, True, bool(dom.isActive()), bool(dom.isPersistent()), state, dom)
-
-    if conn is None:
-        return Seen(uri, error="no connection")
-    called = bounded(look, PROBE_WAIT, "virtops-probe")
-    if not called.done:
-        return Seen(uri, error=f"no answer within {PROBE_WAIT:g} s")
-    if called.error is not None:
-        if isinstance(called.error, KvmLibvirtError):
-            return Seen(uri, error=called.error.libvirt_message or called.error.msg)
-        if not isinstance(called.error, libvirt.libvirtError):
-            raise called.error
-        return Seen(uri, error=called.error.get_error_message() or str(called.error))
-    return called.value
-
-
-@dataclass
-class Cleanup:
-    notes: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
-
 
 class Migrator:
     """The ``migrate`` module's work for one guest."""
@@ -456,8 +125,8 @@ class Migrator:
         self.lock: PlacementLock | None = None
         self.warnings: list[str] = []
         # libvirt_qemu.qemuAgentCommand(dom, command, timeout, flags), or a test's fake
-        self.agent = agent or (libvirt_qemu.qemuAgentCommand if libvirt_qemu else None)
-        self.fresh: list[Any] = []  # connections opened again after the job
+        agent = agent or (libvirt_qemu.qemuAgentCommand if libvirt_qemu else None)
+        self.after = Aftermath(self.p, self.progress, self.warnings, self._open, agent)
 
     # -- connections -------------------------------------------------------------------
     def _open(self, uri: str, timeout: float | None = None):
@@ -480,19 +149,20 @@ class Migrator:
             self.dests.append(dest)
 
     def close(self) -> None:
-        for conn in self.fresh:
+        fresh = self.after.fresh
+        for conn in fresh:
             try:
                 conn.close()
             except libvirt.libvirtError:
                 pass
         for dest in self.dests:
-            if dest.conn is not None and all(dest.conn is not c for c in self.fresh):
+            if dest.conn is not None and all(dest.conn is not c for c in fresh):
                 try:
                     dest.conn.close()
                 except libvirt.libvirtError:
                     pass
                 dest.conn = None
-        self.fresh = []
+        fresh.clear()
         if self.lock is not None:
             self.lock.release()
 
@@ -729,7 +399,7 @@ class Migrator:
         try:
             self._create_volumes(att)
         except KvmError as exc:
-            cleanup = self._cleanup(att)
+            cleanup = self.after.cleanup(att)
             self._release_lock()
             raise KvmError(
                 f"{exc.msg}. Nothing was migrated; guest {name} stays on {self.p['uri']}. "
@@ -763,21 +433,21 @@ class Migrator:
         self._release_lock()
         self.warnings.extend(outcome.warnings)
 
-        src, dest = self._look_after(att)
-        if self._arrived(dest, was_running) and src.reachable and not src.active:
+        src, dest = self.after.look_after(att)
+        if self.after.arrived(dest, was_running) and src.reachable and not src.active:
             if outcome.error is not None:
                 self.warnings.append(
                     f"The migration call reported an error ({outcome.error}) but guest {name} "
                     f"is {dest.describe()} on {uri} and the source confirms it is no longer "
                     "running there"
                 )
-            self._drop_source_leftover(att, src)
-            result = self._succeeded(att, src.dom, dest.dom)
+            self.after.drop_source_leftover(att, src)
+            result = self.after.succeeded(att, src.dom, dest.dom)
             result["stats"]["requested"]["timeout_s"] = timeout or None
             if self.p["verify_agent"]:
-                result.update(self._verify_agent(att, dest, result))
+                result.update(self.after.verify_agent(att, dest, result))
             return result
-        self._fail(att, src, dest, was_running, timeout)
+        self.after.fail(att, src, dest, was_running, timeout)
 
     def _timeout(self, att: Attempt) -> int:
         """The ``timeout`` asked for, else ``default_timeout`` for this guest (0: no limit)."""
@@ -796,197 +466,6 @@ class Migrator:
                     continue
         return default_timeout(self.p, att.needs, disk_bytes)
 
-    # -- where the guest is after the job ----------------------------------------------
-    def _look_after(self, att: Attempt) -> tuple[Seen, Seen]:
-        src, att.src = self._look(att.src, self.p["uri"], att.needs.uuid)
-        dest, conn = self._look(att.dest.conn, att.dest.uri, att.needs.uuid)
-        if conn is not None:
-            att.dest.conn = conn
-        return src, dest
-
-    def _look(self, conn, uri: str, uuid: str) -> tuple[Seen, Any]:
-        """What the host at ``uri`` says about the guest, and the connection that said it.
-
-        A connection that broke during the job is replaced by a fresh one (bounded by
-        ``connect_timeout`` and ``PROBE_WAIT``); when that fails too, the host's answer is
-        unknown, never "not there".
-        """
-        if conn is not None:
-            seen = _ask(conn, uri, uuid)
-            if seen.reachable:
-                return seen, conn
-        wait = min(float(self.p["connect_timeout"]), PROBE_WAIT)
-        opened = bounded(lambda: self._open(uri, timeout=wait), wait + PROBE_WAIT, "virtops-open")
-        if not opened.done:
-            return Seen(
-                uri, error=f"connecting did not answer within {wait + PROBE_WAIT:g} s"
-            ), None
-        if opened.error is not None:
-            if not isinstance(opened.error, KvmError):
-                raise opened.error
-            return Seen(uri, error=opened.error.msg), None
-        self.fresh.append(opened.value)
-        seen = _ask(opened.value, uri, uuid)
-        return seen, opened.value if seen.reachable else None
-
-    def _arrived(self, dest: Seen, was_running: bool) -> bool:
-        """Whether the destination has the guest in the state the migration should leave."""
-        if not dest.found:
-            return False
-        if not self.live:
-            return dest.persistent and not dest.active
-        return dest.state == libvirt.VIR_DOMAIN_RUNNING if was_running else dest.active
-
-    def _drop_source_leftover(self, att: Attempt, src: Seen) -> None:
-        """Remove a stopped definition the job left on the source despite undefine_source.
-
-        libvirt removes it at the very end of a job with VIR_MIGRATE_UNDEFINE_SOURCE, a step a
-        job cut short (the source connection broke) never reaches.
-        """
-        if not (src.found and self.p["undefine_source"]):
-            return
-        name, uri = self.p["name"], att.chosen.uri
-        try:
-            src.dom.undefine()
-        except libvirt.libvirtError as exc:
-            raise from_libvirt(
-                exc,
-                f"remove the stopped definition of guest {name} from the source {self.p['uri']}"
-                f" (the guest moved and runs on {uri}; do not start it on the source: running "
-                "the module again removes that definition)",
-                location=uri,
-                changed=True,
-            ) from exc
-        self.warnings.append(
-            f"The stopped definition of guest {name} that the migration left on the source "
-            f"{self.p['uri']} was removed (undefine_source=true)"
-        )
-
-    def _fail(
-        self, att: Attempt, src: Seen, dest: Seen, was_running: bool, timeout: int
-    ) -> NoReturn:
-        """Clean up what is safe to clean up, then raise saying where the guest is."""
-        name, uri, src_uri = self.p["name"], att.chosen.uri, self.p["uri"]
-        outcome = att.outcome
-        notes: list[str] = []
-        leftovers: list[str] = []
-        location: str | None
-        if dest.found and dest.state == libvirt.VIR_DOMAIN_RUNNING:
-            # The guest runs on the destination: never destroy it there nor resume the source.
-            location, state = uri, dest.describe()
-            if not src.reachable:
-                where = (
-                    f"Guest {name} is running on {uri}, but the source {src_uri} cannot be "
-                    f"reached to confirm it stopped there ({src.error}). Check the source "
-                    "before anything starts the guest there again"
-                )
-            else:
-                where = (
-                    f"Guest {name} is running on {uri}, and the source {src_uri} still shows it "
-                    f"{src.describe()}: the guest lives on {uri} now; do not resume it on the "
-                    "source"
-                )
-        elif src.reachable and src.active:
-            location, state = src_uri, src.describe()
-            cleanup = self._cleanup(att)
-            notes, leftovers = cleanup.notes, cleanup.leftovers
-            if outcome.stuck:
-                notes.insert(0, "The job had not ended, so the source was not resumed.")
-            elif was_running and not outcome.postcopy_started:
-                notes[:0] = self._resume_if_paused(src.dom)
-                state = _ask(att.src, src_uri, att.needs.uuid).describe()
-            where = f"Guest {name} is still {state} on the source {src_uri}"
-            if outcome.postcopy_started:
-                where += _POSTCOPY_HINT.format(dest=uri)
-        elif not src.reachable:
-            location, state = None, "unknown"
-            where = (
-                f"The source {src_uri} cannot be reached ({src.error}) and guest {name} is "
-                f"{dest.describe()} on {uri}: where it runs is not confirmed. A guest's QEMU "
-                "process does not need libvirtd, so it most likely still runs on the source; "
-                "check there (libvirtd finds its guests again when it starts). The destination "
-                "was left as it is"
-            )
-        else:
-            location = uri if dest.found else (src_uri if src.found else None)
-            state = dest.describe() if dest.found else src.describe()
-            where = (
-                f"Guest {name} is {dest.describe()} on {uri} and {src.describe()} on the source "
-                f"{src_uri}; nothing was cleaned up"
-            )
-            if outcome.postcopy_started:
-                where += _POSTCOPY_HINT.format(dest=uri)
-        if outcome.error is not None:
-            reason = str(outcome.error)
-        else:
-            wanted = "running" if self.live and was_running else "there"
-            reason = f"the call returned, but the guest is not {wanted} on the destination alone"
-        if "Postcopy is not supported" in reason:
-            reason += (
-                " (the destination's QEMU cannot use userfaultfd: the destination host needs "
-                "vm.unprivileged_userfaultfd=1 or /dev/userfaultfd open to the QEMU user)"
-            )
-        if outcome.timed_out:
-            events = "; ".join(outcome.events)
-            reason = f"timed out after {timeout} s ({events}): {reason}"
-        self.progress.event("failed", error=reason, location=where)
-        code = outcome.error.get_error_code() if hasattr(outcome.error, "get_error_code") else None
-        raise KvmLibvirtError(
-            f"Migration of guest {name} to {uri} failed: {reason}. {where}. " + " ".join(notes),
-            code=code,
-            libvirt_message=str(outcome.error) if outcome.error is not None else None,
-            location=location,
-            state=state,
-            source_state=src.describe(),
-            dest_state=dest.describe(),
-            changed=location == uri,
-            stats=figures(outcome.last_stats),
-            events=outcome.events,
-            leftovers=leftovers,
-            progress=self.progress.samples,
-        )
-
-    def _verify_agent(self, att: Attempt, dest: Seen, result: dict[str, Any]) -> dict[str, Any]:
-        """Ping the guest agent on the destination until it answers or the time is up."""
-        name, uri, wait = self.p["name"], att.chosen.uri, self.p["verify_agent_timeout"]
-        if self.agent is None:
-            raise KvmError(
-                f"Guest {name} moved to {uri}, but verify_agent needs the libvirt_qemu module "
-                "of libvirt-python, which is missing",
-                location=uri,
-                changed=True,
-            )
-        began = time.monotonic()
-        deadline = began + wait
-        last = "no answer"
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                self.agent(dest.dom, '{"execute":"guest-ping"}', max(1, min(5, int(left))), 0)
-            except libvirt.libvirtError as exc:
-                last = exc.get_error_message() or str(exc)
-                # No agent channel, or the guest is gone: waiting cannot help.
-                if is_error(exc, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_NO_DOMAIN):
-                    break
-            else:
-                took = round(time.monotonic() - began, 3)
-                self.progress.event("verified", location=uri, agent_s=took)
-                return {"verified_agent_s": took}
-            if time.monotonic() + 1 >= deadline:
-                break
-            time.sleep(1)
-        now = _ask(att.dest.conn, uri, att.needs.uuid)
-        self.progress.event("verify_failed", location=uri, error=last)
-        raise KvmError(
-            f"Guest {name} moved to {uri} and is {now.describe()} there, but its QEMU guest "
-            f"agent did not answer a ping within {wait} s ({last}). The guest is on {uri}; "
-            f"the source {self.p['uri']} no longer runs it",
-            location=uri,
-            state=now.describe(),
-            changed=True,
-            stats=result.get("stats"),
-        )
-
     def _release_lock(self) -> None:
         if self.lock is not None:
             self.lock.release()
@@ -997,139 +476,10 @@ class Migrator:
             if self.lock is None:
                 return
             # Let the next placement decision happen once the destination counts this guest.
-            if elapsed > 30 or _safe_lookup(att.dest.conn, att.needs.uuid) is not None:
+            if elapsed > 30 or safe_lookup(att.dest.conn, att.needs.uuid) is not None:
                 self._release_lock()
 
         return tick
-
-    def _succeeded(self, att: Attempt, src_now, dest_now) -> dict[str, Any]:
-        outcome = att.outcome
-        stats, source = {}, "none"
-        for dom, label in ((dest_now, "destination"), (src_now, "source")):
-            if dom is None or not self.live:
-                continue
-            try:
-                found = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-            except libvirt.libvirtError:
-                continue
-            if found and found.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED:
-                stats, source = found, label
-                break
-        if not stats and outcome.last_stats:
-            stats, source = outcome.last_stats, "last_sample"
-        figs = figures(stats)
-        if not figs["auto_converge_throttle"] and outcome.max_throttle:
-            figs["auto_converge_throttle"] = outcome.max_throttle
-        if not figs["disk_transferred_bytes"] and outcome.max_disk_processed:
-            figs["disk_transferred_bytes"] = outcome.max_disk_processed
-        figs.update(
-            elapsed_s=round(outcome.elapsed, 3),
-            stats_from=source,
-            postcopy_started=outcome.postcopy_started,
-            postcopy_reason=outcome.postcopy_reason,
-            requested={
-                "max_downtime_ms": self.p["max_downtime"],
-                "bandwidth_mib_s": self.p["bandwidth"],
-            },
-        )
-        state = state_name(dest_now) if dest_now is not None else "unknown"
-        self.progress.event(
-            "completed",
-            location=att.chosen.uri,
-            **{k: figs[k] for k in ("total_time_ms", "downtime_ms", "data_transferred_bytes")},
-        )
-        return {
-            "location": att.chosen.uri,
-            "state": state,
-            "stats": figs,
-            "events": outcome.events,
-            "progress": self.progress.samples,
-            "volumes_created": att.created,
-        }
-
-    def _resume_if_paused(self, dom) -> list[str]:
-        if dom is None or dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
-            return []
-        try:
-            dom.resume()
-        except libvirt.libvirtError as exc:
-            return [f"The guest is paused on the source and could not be resumed: {exc}."]
-        return ["The guest was paused on the source and has been resumed."]
-
-    def _cleanup(self, att: Attempt) -> Cleanup:
-        """Remove what this run left on the destination, only while the guest is on the source."""
-        out = Cleanup()
-        dest, needs = att.dest, att.needs
-        src_now = _safe_lookup(att.src, needs.uuid)
-        if src_now is None or att.outcome.postcopy_started:
-            out.notes.append("The destination was left as it is (the guest may live there).")
-            return out
-        dconn = dest.conn
-        if dconn is not None and not _alive(dconn):
-            try:
-                dconn.close()
-            except libvirt.libvirtError:
-                pass
-            dconn = dest.conn = None
-        if dconn is None:
-            try:
-                dconn = dest.conn = self._open(dest.uri, timeout=5)
-            except KvmError:
-                dconn = None
-        paths = list(att.created)
-        if dconn is None:
-            out.leftovers = paths
-            out.notes.append(
-                f"The destination {dest.uri} is not reachable, so it could not be cleaned up: "
-                "its libvirtd discards an unfinished incoming guest when it starts again"
-                + (f"; volumes to remove there: {', '.join(paths)}" if paths else "")
-                + "."
-            )
-            return out
-        dom = _safe_lookup(dconn, needs.uuid)
-        if dom is not None and not att.had_before:
-            try:
-                if dom.isActive():
-                    dom.destroy()
-                    out.notes.append("The unfinished guest on the destination was destroyed.")
-                if lookup_domain(dconn, uuid=needs.uuid) is not None and dom.isPersistent():
-                    dom.undefine()
-                    out.notes.append("The partial definition on the destination was removed.")
-            except (libvirt.libvirtError, KvmLibvirtError) as exc:
-                out.notes.append(f"Could not remove the guest from the destination: {exc}.")
-                out.leftovers.append(f"domain {needs.name} on {dest.uri}")
-        removed = []
-        for path in paths:
-            try:
-                vol = dconn.storageVolLookupByPath(path)
-            except libvirt.libvirtError:
-                continue
-            try:
-                vol.delete(0)
-                removed.append(path)
-            except libvirt.libvirtError as exc:
-                out.leftovers.append(path)
-                out.notes.append(f"Could not remove volume {path} on the destination: {exc}.")
-        if removed:
-            out.notes.append(f"Removed from the destination: {', '.join(removed)}.")
-        if not out.notes:
-            out.notes.append("Nothing was left on the destination.")
-        return out
-
-
-def volume_xml(disk: Disk, capacity: int, *, incremental: bool) -> str:
-    """A storage volume like ``disk`` (same file name, format and size) for a destination pool."""
-    root = _xml.etree.Element("volume")
-    _xml.sub(root, "name", os.path.basename(disk.path))
-    _xml.sub(root, "capacity", capacity, unit="bytes")
-    target = _xml.sub(root, "target")
-    fmt = disk.format or "raw"
-    _xml.sub(target, "format", type=fmt)
-    if incremental and disk.backing_path and fmt == "qcow2":
-        backing = _xml.sub(root, "backingStore")
-        _xml.sub(backing, "path", disk.backing_path)
-        _xml.sub(backing, "format", type=disk.backing_format or "raw")
-    return _xml.to_string(root)
 
 
 def _same_host(conn_a, conn_b) -> bool:
@@ -1142,21 +492,4 @@ def _same_host(conn_a, conn_b) -> bool:
         return False
 
 
-def _alive(conn) -> bool:
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False
-
-
-def _safe_lookup(conn, uuid: str):
-    """Lookup by UUID that treats a broken connection like 'not found'."""
-    if conn is None:
-        return None
-    try:
-        return lookup_domain(conn, uuid=uuid)
-    except KvmLibvirtError:
-        return None
-
-
-__all__ = ["ARGUMENT_SPEC", "MODULE_KWARGS", "Migrator", "build_call", "job_active", "validate"]
+__all__ = ["ARGUMENT_SPEC", "MODULE_KWARGS", "Migrator"]

@@ -24,7 +24,8 @@ from typing import Any, Callable
 from ._client import open_connection
 from ._errors import KvmError, KvmValidationError
 from ._libvirt import libvirt
-from ._migrate import Migrator, validate
+from ._migrate import Migrator
+from ._migrate_options import validate
 from ._migrate_place import host_memory
 
 

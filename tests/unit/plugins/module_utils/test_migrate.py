@@ -14,18 +14,17 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     KvmLibvirtError,
     KvmValidationError,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
-    Migrator,
-    Progress,
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import Migrator
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_job import (
+    JobPolicy,
+    MigrationJob,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_options import (
     build_call,
     default_migrate_uri,
     default_timeout,
     validate,
     volume_xml,
-)
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate_job import (
-    JobPolicy,
-    MigrationJob,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate_place import (
     Candidate,
@@ -34,6 +33,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate_place import 
     HostMemory,
     choose,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_result import Progress
 
 from .migrate_fakes import DST, GUEST_XML, SRC, FakeHost, FakeKvm, error, move, opener_for, params
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (
-    ARGUMENT_SPEC,
-    Migrator,
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import ARGUMENT_SPEC, Migrator
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_options import (
     build_call,
     qemu_conf_forces_tls,
     tls_wanted,
