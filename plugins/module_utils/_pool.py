@@ -23,6 +23,7 @@ from ._storage import (
     CephSecretSpec,
     PoolSource,
     PoolSpec,
+    StorageManager,
     lookup_ceph_secret,
     lookup_pool,
     pool_source_view,
@@ -30,46 +31,6 @@ from ._storage import (
     pool_view,
 )
 from ._storage_users import StorageUser, StorageUsers, describe_users
-
-POOL_ARGUMENT_SPEC: dict[str, Any] = {
-    "name": {"type": "str", "required": True},
-    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-    "type": {"type": "str", "choices": ["dir", "fs", "netfs", "logical", "rbd"]},
-    "target": {"type": "path"},
-    "source": {
-        "type": "dict",
-        "options": {
-            "hosts": {"type": "list", "elements": "str"},
-            "dir": {"type": "str"},
-            "devices": {"type": "list", "elements": "str"},
-            "name": {"type": "str"},
-            "format": {"type": "str"},
-            "protocol_version": {"type": "str"},
-            "auth": {
-                "type": "dict",
-                "options": {
-                    "username": {"type": "str", "required": True},
-                    "secret_usage": {"type": "str", "no_log": False},
-                    "secret_uuid": {"type": "str", "no_log": False},
-                    "secret_value": {"type": "str", "no_log": True},
-                    "secret_update": {
-                        "type": "str",
-                        "default": "on_create",
-                        "choices": ["on_create", "always"],
-                    },
-                },
-                "mutually_exclusive": [["secret_usage", "secret_uuid"]],
-            },
-        },
-    },
-    "active": {"type": "bool", "default": True},
-    "autostart": {"type": "bool"},
-    "build": {"type": "bool", "default": True},
-    "refresh": {"type": "bool", "default": False},
-    "delete_storage": {"type": "bool", "default": False},
-    "force": {"type": "bool", "default": False},
-}
-POOL_REQUIRED_IF = [("state", "present", ["type"])]
 
 
 def _managed_source(desired: dict[str, Any], actual: dict[str, Any]) -> tuple[dict, dict]:
@@ -131,27 +92,13 @@ def _with_source(actual_xml: str, actual: PoolSource, desired: PoolSource) -> st
     return _xml.to_string(root)
 
 
-class PoolManager:
-    def __init__(self, kvm) -> None:
-        self.kvm = kvm
-        self.params = kvm.params
-        self.conn = kvm.conn
-        self.check = kvm.check_mode
-        self.diff = DifferenceTracker()
-        self.result: dict[str, Any] = {"changed": False, "actions": []}
-
+class PoolManager(StorageManager):
     def run(self) -> dict[str, Any]:
         if self.params["state"] == "absent":
             self.absent()
         else:
             reconcile(self.present, f"storage pool '{self.params['name']}'")
-        self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
-        if self.kvm.diff_mode:
-            self.result["diff"] = self.diff.diff()
-        return self.result
-
-    def _act(self, action: str) -> None:
-        self.result["actions"].append(action)
+        return self._finish()
 
     # ------------------------------------------------------------------ present
 

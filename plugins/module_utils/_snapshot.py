@@ -40,41 +40,6 @@ from ._snapshot_model import (
 )
 from ._snapshot_state import expected_power, judge, record
 
-SNAPSHOT_ARGUMENT_SPEC: dict[str, Any] = {
-    "domain": {"type": "str", "required": True, "aliases": ["guest"]},
-    "name": {"type": "str", "required": True, "aliases": ["snapshot"]},
-    "state": {
-        "type": "str",
-        "default": "present",
-        "choices": ["present", "absent", "reverted"],
-    },
-    "description": {"type": "str"},
-    "kind": {"type": "str", "choices": ["internal", "external"]},
-    "memory": {"type": "bool"},
-    "quiesce": {"type": "bool", "default": False},
-    "disks": {"type": "list", "elements": "str"},
-    "exclude_disks": {"type": "list", "elements": "str"},
-    "overlay_dir": {"type": "path"},
-    "running_state": {
-        "type": "str",
-        "default": "snapshot",
-        "choices": ["snapshot", "running", "paused"],
-    },
-    "retain": {
-        "type": "dict",
-        "options": {
-            "prefix": {"type": "str", "required": True},
-            "keep": {"type": "int", "required": True},
-        },
-    },
-}
-SNAPSHOT_MUTUALLY_EXCLUSIVE = [["disks", "exclude_disks"]]
-
-SNAPSHOT_INFO_ARGUMENT_SPEC: dict[str, Any] = {
-    "domain": {"type": "str", "required": True, "aliases": ["guest"]},
-    "name": {"type": "str", "aliases": ["snapshot"]},
-}
-
 _BAD_NAME_CHARS = set("/\\\n\r\t")
 
 

@@ -48,47 +48,6 @@ NEW_SUFFIX = ".virtops-new"  # a replacement is uploaded under this name first
 DIGEST_RECORDS = os.path.join("~", ".cache", "virtops-kvm", "volume-digests.json")
 MAX_DIGEST_RECORDS = 1000
 
-VOLUME_ARGUMENT_SPEC: dict[str, Any] = {
-    "pool": {"type": "str", "required": True},
-    "name": {"type": "str", "required": True},
-    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-    "capacity": {"type": "raw"},
-    "format": {"type": "str", "choices": ["raw", "qcow2"]},
-    "preallocation": {
-        "type": "str",
-        "default": "off",
-        "choices": ["off", "metadata", "falloc"],
-    },
-    "allow_overcommit": {"type": "bool", "default": False},
-    "backing": {
-        "type": "dict",
-        "options": {
-            "volume": {"type": "str"},
-            "pool": {"type": "str"},
-            "path": {"type": "str"},
-            "format": {"type": "str", "choices": ["raw", "qcow2"]},
-        },
-        "mutually_exclusive": [["volume", "path"], ["pool", "path"]],
-        "required_one_of": [["volume", "path"]],
-    },
-    "clone_from": {
-        "type": "dict",
-        "options": {
-            "volume": {"type": "str", "required": True},
-            "pool": {"type": "str"},
-        },
-    },
-    "source_path": {"type": "path"},
-    "source_url": {"type": "str"},
-    "checksum": {"type": "str"},
-    "force": {"type": "bool", "default": False},
-    "url_timeout": {"type": "int", "default": 60},
-    "validate_certs": {"type": "bool", "default": True},
-    "allow_shrink": {"type": "bool", "default": False},
-    "wipe": {"type": "bool", "default": False},
-}
-VOLUME_MUTUALLY_EXCLUSIVE = [["backing", "clone_from", "source_path", "source_url"]]
-
 
 @dataclass
 class Checksum:

@@ -520,18 +520,58 @@ notes:
 """
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import (  # noqa: E402
-    ARGUMENT_SPEC,
-    MODULE_KWARGS,
-    Migrator,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import Migrator  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate_evacuate import (  # noqa: E402
     Evacuator,
 )
 
+ARGUMENT_SPEC = {
+    "name": {"type": "str"},
+    "all_running": {"type": "bool", "default": False},
+    "parallel": {"type": "int", "default": 1},
+    "balance_threshold_mib": {"type": "int"},
+    "dest_uri": {"type": "str"},
+    "dest_candidates": {"type": "list", "elements": "str"},
+    "mode": {"type": "str", "default": "live", "choices": ["live", "offline"]},
+    "peer2peer": {"type": "bool", "default": True},
+    "tunnelled": {"type": "bool", "default": False},
+    "tls": {"type": "bool"},
+    "migrate_uri": {"type": "str"},
+    "storage_copy": {"type": "str", "default": "none", "choices": ["none", "all", "incremental"]},
+    "copy_disks": {"type": "list", "elements": "str"},
+    "create_volumes": {"type": "bool", "default": True},
+    "unsafe": {"type": "bool", "default": False},
+    "max_downtime": {"type": "int"},
+    "bandwidth": {"type": "int"},
+    "postcopy_bandwidth": {"type": "int"},
+    "auto_converge": {"type": "bool", "default": False},
+    "auto_converge_initial": {"type": "int"},
+    "auto_converge_increment": {"type": "int"},
+    "postcopy": {"type": "bool", "default": False},
+    "postcopy_after_iterations": {"type": "int"},
+    "postcopy_after_seconds": {"type": "int"},
+    "compression": {"type": "list", "elements": "str", "choices": ["xbzrle", "mt"]},
+    "parallel_connections": {"type": "int"},
+    "persistent": {"type": "bool", "default": True},
+    "undefine_source": {"type": "bool", "default": True},
+    "timeout": {"type": "int"},
+    "verify_agent": {"type": "bool", "default": False},
+    "verify_agent_timeout": {"type": "int", "default": 30},
+    "timeout_action": {"type": "str", "default": "abort", "choices": ["abort", "postcopy"]},
+    "memory_reserve_mib": {"type": "int", "default": 0},
+    "check_cpu": {"type": "bool", "default": True},
+    "progress_file": {"type": "path"},
+    "poll_interval": {"type": "float", "default": 1.0},
+}
+
 
 def main() -> None:
-    module = KvmModule(argument_spec=ARGUMENT_SPEC, **MODULE_KWARGS)
+    module = KvmModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("dest_uri", "dest_candidates")],
+        required_one_of=[("dest_uri", "dest_candidates")],
+        supports_check_mode=True,
+    )
     module.run(
         lambda kvm: Evacuator(kvm).run() if kvm.params["all_running"] else Migrator(kvm).run()
     )

@@ -352,17 +352,52 @@ refreshed:
 """
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._pool import (  # noqa: E402
-    POOL_ARGUMENT_SPEC,
-    POOL_REQUIRED_IF,
-    PoolManager,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._pool import PoolManager  # noqa: E402
+
+ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "type": {"type": "str", "choices": ["dir", "fs", "netfs", "logical", "rbd"]},
+    "target": {"type": "path"},
+    "source": {
+        "type": "dict",
+        "options": {
+            "hosts": {"type": "list", "elements": "str"},
+            "dir": {"type": "str"},
+            "devices": {"type": "list", "elements": "str"},
+            "name": {"type": "str"},
+            "format": {"type": "str"},
+            "protocol_version": {"type": "str"},
+            "auth": {
+                "type": "dict",
+                "options": {
+                    "username": {"type": "str", "required": True},
+                    "secret_usage": {"type": "str", "no_log": False},
+                    "secret_uuid": {"type": "str", "no_log": False},
+                    "secret_value": {"type": "str", "no_log": True},
+                    "secret_update": {
+                        "type": "str",
+                        "default": "on_create",
+                        "choices": ["on_create", "always"],
+                    },
+                },
+                "mutually_exclusive": [["secret_usage", "secret_uuid"]],
+            },
+        },
+    },
+    "active": {"type": "bool", "default": True},
+    "autostart": {"type": "bool"},
+    "build": {"type": "bool", "default": True},
+    "refresh": {"type": "bool", "default": False},
+    "delete_storage": {"type": "bool", "default": False},
+    "force": {"type": "bool", "default": False},
+}
 
 
 def main() -> None:
     module = KvmModule(
-        argument_spec=POOL_ARGUMENT_SPEC,
-        required_if=POOL_REQUIRED_IF,
+        argument_spec=ARGUMENT_SPEC,
+        required_if=[("state", "present", ["type"])],
         supports_check_mode=True,
     )
     module.run(lambda m: PoolManager(m).run())

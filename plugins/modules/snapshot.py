@@ -308,16 +308,43 @@ retention:
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import (  # noqa: E402
-    SNAPSHOT_ARGUMENT_SPEC,
-    SNAPSHOT_MUTUALLY_EXCLUSIVE,
     SnapshotManager,
 )
+
+ARGUMENT_SPEC = {
+    "domain": {"type": "str", "required": True, "aliases": ["guest"]},
+    "name": {"type": "str", "required": True, "aliases": ["snapshot"]},
+    "state": {
+        "type": "str",
+        "default": "present",
+        "choices": ["present", "absent", "reverted"],
+    },
+    "description": {"type": "str"},
+    "kind": {"type": "str", "choices": ["internal", "external"]},
+    "memory": {"type": "bool"},
+    "quiesce": {"type": "bool", "default": False},
+    "disks": {"type": "list", "elements": "str"},
+    "exclude_disks": {"type": "list", "elements": "str"},
+    "overlay_dir": {"type": "path"},
+    "running_state": {
+        "type": "str",
+        "default": "snapshot",
+        "choices": ["snapshot", "running", "paused"],
+    },
+    "retain": {
+        "type": "dict",
+        "options": {
+            "prefix": {"type": "str", "required": True},
+            "keep": {"type": "int", "required": True},
+        },
+    },
+}
 
 
 def main() -> None:
     module = KvmModule(
-        argument_spec=SNAPSHOT_ARGUMENT_SPEC,
-        mutually_exclusive=SNAPSHOT_MUTUALLY_EXCLUSIVE,
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[["disks", "exclude_disks"]],
         supports_check_mode=True,
     )
     module.run(lambda m: SnapshotManager(m).run())

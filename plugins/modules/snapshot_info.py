@@ -143,15 +143,17 @@ tree:
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import (  # noqa: E402
-    SNAPSHOT_INFO_ARGUMENT_SPEC,
     snapshot_info,
 )
 
+ARGUMENT_SPEC = {
+    "domain": {"type": "str", "required": True, "aliases": ["guest"]},
+    "name": {"type": "str", "aliases": ["snapshot"]},
+}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec=SNAPSHOT_INFO_ARGUMENT_SPEC, readonly=True, supports_check_mode=True
-    )
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=True, supports_check_mode=True)
     module.run(snapshot_info)
 
 

@@ -323,17 +323,53 @@ resized_via:
 """
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._volume import (  # noqa: E402
-    VOLUME_ARGUMENT_SPEC,
-    VOLUME_MUTUALLY_EXCLUSIVE,
-    VolumeManager,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._volume import VolumeManager  # noqa: E402
+
+ARGUMENT_SPEC = {
+    "pool": {"type": "str", "required": True},
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "capacity": {"type": "raw"},
+    "format": {"type": "str", "choices": ["raw", "qcow2"]},
+    "preallocation": {
+        "type": "str",
+        "default": "off",
+        "choices": ["off", "metadata", "falloc"],
+    },
+    "allow_overcommit": {"type": "bool", "default": False},
+    "backing": {
+        "type": "dict",
+        "options": {
+            "volume": {"type": "str"},
+            "pool": {"type": "str"},
+            "path": {"type": "str"},
+            "format": {"type": "str", "choices": ["raw", "qcow2"]},
+        },
+        "mutually_exclusive": [["volume", "path"], ["pool", "path"]],
+        "required_one_of": [["volume", "path"]],
+    },
+    "clone_from": {
+        "type": "dict",
+        "options": {
+            "volume": {"type": "str", "required": True},
+            "pool": {"type": "str"},
+        },
+    },
+    "source_path": {"type": "path"},
+    "source_url": {"type": "str"},
+    "checksum": {"type": "str"},
+    "force": {"type": "bool", "default": False},
+    "url_timeout": {"type": "int", "default": 60},
+    "validate_certs": {"type": "bool", "default": True},
+    "allow_shrink": {"type": "bool", "default": False},
+    "wipe": {"type": "bool", "default": False},
+}
 
 
 def main() -> None:
     module = KvmModule(
-        argument_spec=VOLUME_ARGUMENT_SPEC,
-        mutually_exclusive=VOLUME_MUTUALLY_EXCLUSIVE,
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[["backing", "clone_from", "source_path", "source_url"]],
         supports_check_mode=True,
     )
     module.run(lambda m: VolumeManager(m).run())

@@ -15,7 +15,7 @@ import libvirt
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmLibvirtError
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import ARGUMENT_SPEC
+from ansible_collections.virtops.kvm.plugins.modules.migrate import ARGUMENT_SPEC
 
 SRC = "qemu+tcp://198.18.0.11/system"
 DST = "qemu+tcp://198.18.0.12/system"

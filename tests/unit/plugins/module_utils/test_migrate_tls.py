@@ -5,12 +5,13 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._migrate import ARGUMENT_SPEC, Migrator
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate import Migrator
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate_options import (
     build_call,
     qemu_conf_forces_tls,
     tls_wanted,
 )
+from ansible_collections.virtops.kvm.plugins.modules.migrate import ARGUMENT_SPEC
 
 from .migrate_fakes import DST as TCP_DST
 from .migrate_fakes import SRC as TCP_SRC
