@@ -32,13 +32,3 @@ notes:
   - Every module of this collection is in the action group C(virtops.kvm.kvm), so common
     options can be set once with C(module_defaults) and C(group/virtops.kvm.kvm).
 """
-
-    # The attributes every state module documents the same way.
-    ACTIONGROUP_KVM = r"""
-attributes:
-  action_group:
-    description: Use C(group/virtops.kvm.kvm) in C(module_defaults) to set defaults for this module.
-    support: full
-    membership:
-      - virtops.kvm.kvm
-"""

@@ -30,12 +30,12 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.ACTIONGROUP_KVM
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
     description: Predicts the changes, the restart and the final state; libvirt's definition
       stays byte-identical.
-    support: full
     details: A network, storage pool, volume, bridge or file that does not exist yet (or a
       network or pool that is not running) is assumed to come from an earlier task of the
       play, with a warning, so a provisioning playbook can run in check mode from nothing;
@@ -45,10 +45,6 @@ attributes:
       - Shows the managed settings (and the run state) before and after.
       - A console password shows as C(secret:) and a digest under a random key of the run
         (equal before and after when unchanged), never as the password.
-    support: full
-  idempotent:
-    description: A second run with the same options reports no change.
-    support: full
 options:
   name:
     description: Name of the guest.

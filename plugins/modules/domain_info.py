@@ -21,17 +21,8 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.ACTIONGROUP_KVM
-attributes:
-  check_mode:
-    description: Reads only; runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
-  idempotent:
-    description: Changes nothing.
-    support: full
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.info_module
 options:
   name:
     description: Only this guest. An unknown name gives an empty list.

@@ -43,17 +43,15 @@ author:
   - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
     description: Runs every check and reports the destination it would choose; moves nothing.
-    support: full
   diff_mode:
     description: Shows the guest's location before and after.
-    support: full
   idempotent:
     description: A guest already on the destination is reported unchanged.
-    support: full
 options:
   name:
     description:

@@ -32,21 +32,15 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.ACTIONGROUP_KVM
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
     description: Can run in check mode and reports what would change, including the update
       calls it would make (RV(live_updates)) and the guests a restart would disconnect.
-    support: full
     details: With O(mode=bridge), a host bridge that does not exist yet is assumed to come
       from an earlier task of the play (with a warning); the real run fails if it is still
       missing.
-  diff_mode:
-    description: Reports the managed settings before and after.
-    support: full
-  idempotent:
-    description: A second run with the same options reports no change.
-    support: full
 options:
   name:
     description: Name of the network.

@@ -18,17 +18,8 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.ACTIONGROUP_KVM
-attributes:
-  check_mode:
-    description: Changes nothing, so it runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
-  idempotent:
-    description: Read-only.
-    support: full
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.info_module
 options:
   name:
     description: Only this network. When not set, all networks.

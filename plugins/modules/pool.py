@@ -24,7 +24,8 @@ author:
   - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
     description:
@@ -33,13 +34,8 @@ attributes:
         V(dir) pool on the local host are the entries of its directory that libvirt lists as
         volumes once it starts the pool; for other inactive pools they cannot be known
         without starting the pool, so check mode warns and returns V(null).
-    support: full
-  diff_mode:
-    description: Returns the managed settings before and after.
-    support: full
   idempotent:
     description: A second run with the same options reports no change; O(refresh) is not a change.
-    support: full
 options:
   name:
     description: Name of the storage pool.

@@ -44,22 +44,17 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
-    description: Can run in check mode and returns what would be done.
-    support: full
     details: Every check is made and the result says what would be done; nothing changes.
       A guest that does not exist yet is assumed to come from an earlier task of the play
       (with a warning and no snapshots); the real run then fails if it is still missing.
   diff_mode:
-    description: Will return details on what has changed (or would change in check mode).
-    support: full
     details: The diff shows the snapshot, its description, the current snapshot and the
       guest's power state around a revert, and the snapshots retention would delete.
   idempotent:
-    description: A second run with the same arguments reports no change.
-    support: full
     details:
       - O(state=present) and O(state=absent) compare by name.
       - O(state=reverted) is a change unless the guest is provably still at the snapshot

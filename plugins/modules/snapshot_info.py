@@ -17,18 +17,8 @@ author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
-attributes:
-  check_mode:
-    description: Can run in check mode.
-    support: full
-    details: The module changes nothing.
-  diff_mode:
-    description: Returns no diff.
-    support: none
-  idempotent:
-    description: Changes nothing.
-    support: full
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.info_module
 options:
   domain:
     description: Name of the guest. A missing guest is an error.

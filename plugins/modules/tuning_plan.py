@@ -34,17 +34,11 @@ author:
   - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.ACTIONGROUP_KVM
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.info_module
 attributes:
-  check_mode:
-    description: Reads only; runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
   idempotent:
     description: Changes nothing; the same host and input give the same plan.
-    support: full
 options:
   guests:
     description: The guests to tune and what each gets.

@@ -24,7 +24,8 @@ author:
   - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.actions
 attributes:
   check_mode:
     description:
@@ -32,15 +33,10 @@ attributes:
         volume is not read to verify O(checksum) - its digest as recorded by an earlier run on
         this host is compared instead (see O(checksum)). Without such a record, check mode
         warns and predicts the replacement when O(force=true), no change otherwise.
-    support: full
-  diff_mode:
-    description: Returns the managed settings before and after.
-    support: full
   idempotent:
     description: >-
       Imports happen once; when the volume exists and O(checksum) matches its content,
       nothing is downloaded.
-    support: full
 options:
   pool:
     description: Name of the storage pool (it must be running).

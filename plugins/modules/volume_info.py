@@ -16,17 +16,8 @@ author:
   - virtops.kvm contributors (!UNKNOWN)
 extends_documentation_fragment:
   - virtops.kvm.connection
-  - virtops.kvm.connection.actiongroup_kvm
-attributes:
-  check_mode:
-    description: Changes nothing, so it runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
-  idempotent:
-    description: Read-only.
-    support: full
+  - virtops.kvm.attributes
+  - virtops.kvm.attributes.info_module
 options:
   pool:
     description: The storage pool (it must be running).
