@@ -8,7 +8,8 @@ from contextlib import redirect_stdout
 from typing import Any
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
+
+from tests.unit.ansible_compat import patch_module_args
 
 
 def run_module(

@@ -9,8 +9,6 @@ from types import SimpleNamespace
 
 import libvirt
 import pytest
-from ansible.module_utils._internal import _traceback
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _client
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
@@ -18,6 +16,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     KvmValidationError,
     from_libvirt,
 )
+from tests.unit.ansible_compat import keep_tracebacks, patch_module_args
 
 TEST_URI = "test:///default"
 
@@ -45,7 +44,7 @@ class FlakyOpener:
 @pytest.fixture
 def tracebacks_on(monkeypatch):
     """Make fail_json keep tracebacks, as ansible-playbook -vvv or DISPLAY_TRACEBACK does."""
-    monkeypatch.setattr(_traceback, "_is_traceback_enabled", lambda event: True)
+    keep_tracebacks(monkeypatch)
 
 
 def run_main(main, args):
