@@ -453,19 +453,15 @@ class SnapshotManager:
         record(self.dom, self.snaps[name], local=self.local)
 
 
-def snapshot_info(module) -> dict[str, Any]:
-    """Result of ``snapshot_info``: the guest's snapshots as a list and as a tree."""
-    p = module.params
-    dom = lookup_domain(module.conn, p["domain"])
-    snaps = list_snapshots(dom)
+def snapshot_info(conn, domain: str, name: str | None = None) -> dict[str, Any]:
+    """The guest's current snapshot and its snapshots (only ``name``, when given) as a list
+    and, when ``name`` is not given, as a tree."""
+    snaps = list_snapshots(lookup_domain(conn, domain))
     listed = ordered(snaps)
-    if p["name"] is not None:
-        listed = [s for s in listed if s.name == p["name"]]
-    current = next((s.name for s in snaps.values() if s.current), None)
+    if name is not None:
+        listed = [s for s in listed if s.name == name]
     return {
-        "changed": False,
-        "domain": p["domain"],
-        "current": current,
+        "current": next((s.name for s in snaps.values() if s.current), None),
         "snapshots": [s.facts() for s in listed],
-        "tree": tree(snaps) if p["name"] is None else [],
+        "tree": tree(snaps) if name is None else [],
     }

@@ -134,35 +134,33 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import ( 
     DomainInfo,
 )
 
+ARGUMENT_SPEC = {
+    "name": {"type": "str"},
+    "states": {
+        "type": "list",
+        "elements": "str",
+        "choices": ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown"],
+    },
+    "tags": {"type": "list", "elements": "str"},
+    "ip_sources": {
+        "type": "list",
+        "elements": "str",
+        "choices": ["lease", "agent"],
+        "default": ["lease", "agent"],
+    },
+    "include_xml": {"type": "bool", "default": False},
+}
+
+
+def run(m: KvmModule) -> dict:
+    p = m.params
+    info = DomainInfo(m.conn, include_xml=p["include_xml"], ip_sources=p["ip_sources"])
+    return {"changed": False, "guests": info.collect(p["name"], p["states"], p["tags"])}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={
-            "name": {"type": "str"},
-            "states": {
-                "type": "list",
-                "elements": "str",
-                "choices": ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown"],
-            },
-            "tags": {"type": "list", "elements": "str"},
-            "ip_sources": {
-                "type": "list",
-                "elements": "str",
-                "choices": ["lease", "agent"],
-                "default": ["lease", "agent"],
-            },
-            "include_xml": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-
-    def run(m):
-        info = DomainInfo(
-            m.conn, include_xml=m.params["include_xml"], ip_sources=m.params["ip_sources"]
-        )
-        guests = info.collect(m.params["name"], m.params["states"], m.params["tags"])
-        return {"changed": False, "guests": guests}
-
+    # Read-write: libvirt answers guest agent queries (ip_sources=agent) only on such a connection.
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=False, supports_check_mode=True)
     module.run(run)
 
 

@@ -353,22 +353,24 @@ from ansible_collections.virtops.kvm.plugins.module_utils._host import (  # noqa
     host_summary,
 )
 
+ARGUMENT_SPEC = {
+    "gather": {
+        "type": "list",
+        "elements": "str",
+        "choices": ["all", *SECTIONS],
+        "default": ["all"],
+    }
+}
+
+
+def run(m: KvmModule) -> dict:
+    return {"changed": False, "host": host_summary(m.conn, gather=m.params["gather"])}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={
-            "gather": {
-                "type": "list",
-                "elements": "str",
-                "choices": ["all", *SECTIONS],
-                "default": ["all"],
-            }
-        },
-        supports_check_mode=True,
-    )
-    module.run(
-        lambda m: {"changed": False, "host": host_summary(m.conn, gather=m.params["gather"])}
-    )
+    # Read-write: libvirt refuses domain capabilities on a read-only connection.
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=False, supports_check_mode=True)
+    module.run(run)
 
 
 if __name__ == "__main__":

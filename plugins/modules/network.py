@@ -280,58 +280,59 @@ guests_disconnected:
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._network import NetworkManager  # noqa: E402
 
+ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "state": {
+        "type": "str",
+        "default": "present",
+        "choices": ["present", "active", "inactive", "absent"],
+    },
+    "mode": {"type": "str", "choices": ["nat", "route", "isolated", "bridge", "open"]},
+    "bridge": {"type": "str"},
+    "forward_dev": {"type": "str"},
+    "mtu": {"type": "int"},
+    "domain": {"type": "str"},
+    "addresses": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "address": {"type": "str", "required": True},
+            "dhcp_ranges": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "start": {"type": "str", "required": True},
+                    "end": {"type": "str", "required": True},
+                },
+            },
+            "dhcp_hosts": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "mac": {"type": "str"},
+                    "ip": {"type": "str", "required": True},
+                    "name": {"type": "str"},
+                },
+            },
+        },
+    },
+    "dns_hosts": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "ip": {"type": "str", "required": True},
+            "hostnames": {"type": "list", "elements": "str", "required": True},
+        },
+    },
+    "autostart": {"type": "bool"},
+    "restart": {"type": "bool", "default": False},
+}
+
 
 def main() -> None:
-    argument_spec = {
-        "name": {"type": "str", "required": True},
-        "state": {
-            "type": "str",
-            "default": "present",
-            "choices": ["present", "active", "inactive", "absent"],
-        },
-        "mode": {"type": "str", "choices": ["nat", "route", "isolated", "bridge", "open"]},
-        "bridge": {"type": "str"},
-        "forward_dev": {"type": "str"},
-        "mtu": {"type": "int"},
-        "domain": {"type": "str"},
-        "addresses": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "address": {"type": "str", "required": True},
-                "dhcp_ranges": {
-                    "type": "list",
-                    "elements": "dict",
-                    "default": [],
-                    "options": {
-                        "start": {"type": "str", "required": True},
-                        "end": {"type": "str", "required": True},
-                    },
-                },
-                "dhcp_hosts": {
-                    "type": "list",
-                    "elements": "dict",
-                    "default": [],
-                    "options": {
-                        "mac": {"type": "str"},
-                        "ip": {"type": "str", "required": True},
-                        "name": {"type": "str"},
-                    },
-                },
-            },
-        },
-        "dns_hosts": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "ip": {"type": "str", "required": True},
-                "hostnames": {"type": "list", "elements": "str", "required": True},
-            },
-        },
-        "autostart": {"type": "bool"},
-        "restart": {"type": "bool", "default": False},
-    }
-    module = KvmModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     module.run(
         lambda m: NetworkManager(m.conn, m.params, check_mode=m.check_mode, warn=m.warn).run()
     )

@@ -117,12 +117,16 @@ networks:
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._network import info  # noqa: E402
 
+ARGUMENT_SPEC = {"name": {"type": "str"}}
+
+
+def run(m: KvmModule) -> dict:
+    return {"changed": False, "networks": info(m.conn, m.params["name"])}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={"name": {"type": "str"}}, readonly=True, supports_check_mode=True
-    )
-    module.run(lambda m: {"changed": False, "networks": info(m.conn, m.params["name"])})
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=True, supports_check_mode=True)
+    module.run(run)
 
 
 if __name__ == "__main__":

@@ -115,23 +115,21 @@ pools:
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._storage import pools_info  # noqa: E402
 
+ARGUMENT_SPEC = {
+    "name": {"type": "str"},
+    "refresh": {"type": "bool", "default": False},
+}
+
+
+def run(m: KvmModule) -> dict:
+    p = m.params
+    m.readonly = not p["refresh"]  # refreshing a pool needs a read-write connection
+    return {"changed": False, "pools": pools_info(m.conn, p["name"], refresh=p["refresh"])}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={
-            "name": {"type": "str"},
-            "refresh": {"type": "bool", "default": False},
-        },
-        readonly=True,
-        supports_check_mode=True,
-    )
-    module.readonly = not module.params["refresh"]  # the connection opens on first use
-    module.run(
-        lambda m: {
-            "changed": False,
-            "pools": pools_info(m.conn, m.params["name"], refresh=m.params["refresh"]),
-        }
-    )
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=True, supports_check_mode=True)
+    module.run(run)
 
 
 if __name__ == "__main__":

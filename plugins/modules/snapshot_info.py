@@ -142,9 +142,15 @@ ARGUMENT_SPEC = {
 }
 
 
+def run(m: KvmModule) -> dict:
+    p = m.params
+    snapshots = snapshot_info(m.conn, p["domain"], p["name"])
+    return {"changed": False, "domain": p["domain"], **snapshots}
+
+
 def main() -> None:
     module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=True, supports_check_mode=True)
-    module.run(snapshot_info)
+    module.run(run)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,14 @@ GUEST_SPEC = {
     "iotune_disks": {"type": "list", "elements": "str"},
 }
 
+ARGUMENT_SPEC = {
+    "guests": {"type": "list", "elements": "dict", "required": True, "options": GUEST_SPEC},
+    "host_reserved_cpus": {"type": "str", "default": ""},
+    "emulator_placement": {"type": "str", "choices": list(EMULATOR_PLACEMENTS)},
+    "dedicated_tag": {"type": "str", "default": "cpu-dedicated"},
+    "cachetune_required": {"type": "bool", "default": False},
+}
+
 
 def run(m: KvmModule) -> dict:
     params = m.params
@@ -329,21 +337,8 @@ def run(m: KvmModule) -> dict:
 
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={
-            "guests": {
-                "type": "list",
-                "elements": "dict",
-                "required": True,
-                "options": GUEST_SPEC,
-            },
-            "host_reserved_cpus": {"type": "str", "default": ""},
-            "emulator_placement": {"type": "str", "choices": list(EMULATOR_PLACEMENTS)},
-            "dedicated_tag": {"type": "str", "default": "cpu-dedicated"},
-            "cachetune_required": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
+    # Read-write, as host_info: the host is read through host_info's section functions.
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=False, supports_check_mode=True)
     module.run(run)
 
 

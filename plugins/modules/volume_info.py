@@ -106,25 +106,23 @@ volumes:
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._storage import volumes_info  # noqa: E402
 
+ARGUMENT_SPEC = {
+    "pool": {"type": "str", "required": True},
+    "name": {"type": "str"},
+    "refresh": {"type": "bool", "default": False},
+}
+
+
+def run(m: KvmModule) -> dict:
+    p = m.params
+    m.readonly = not p["refresh"]  # refreshing a pool needs a read-write connection
+    volumes = volumes_info(m.conn, p["pool"], p["name"], refresh=p["refresh"])
+    return {"changed": False, "volumes": volumes}
+
 
 def main() -> None:
-    module = KvmModule(
-        argument_spec={
-            "pool": {"type": "str", "required": True},
-            "name": {"type": "str"},
-            "refresh": {"type": "bool", "default": False},
-        },
-        readonly=True,
-        supports_check_mode=True,
-    )
-    module.readonly = not module.params["refresh"]  # the connection opens on first use
-    p = module.params
-    module.run(
-        lambda m: {
-            "changed": False,
-            "volumes": volumes_info(m.conn, p["pool"], p["name"], refresh=p["refresh"]),
-        }
-    )
+    module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=True, supports_check_mode=True)
+    module.run(run)
 
 
 if __name__ == "__main__":
