@@ -34,7 +34,7 @@ from ._domain_model import (
 )
 from ._domain_spec import HostChecks, Wish, desired_from_params
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._host import resolve_virt_type
+from ._host_kvm import resolve_virt_type
 from ._libvirt import ACTIVE_STATES, domain_state, libvirt, lookup_domain
 from ._secrets import Redactor
 from ._storage_users import StorageUsers, describe_users

@@ -40,7 +40,8 @@ from ._domain_model import (
     read_disks,
 )
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._host import LocalHost, host_summary
+from ._host import host_summary
+from ._host_kvm import LocalHost
 from ._libvirt import is_this_machine, libvirt
 from ._units import parse_size
 

@@ -1,11 +1,11 @@
-"""The KVM verdict, virt type resolution and host summary pieces of _host."""
+"""The KVM verdict and virt type resolution (_host_kvm) and the host summary pieces (_host)."""
 
 from __future__ import annotations
 
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _host
+from ansible_collections.virtops.kvm.plugins.module_utils import _host, _host_kvm
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmValidationError
 
 CPUINFO_VMX = (
@@ -115,7 +115,7 @@ def write_cpuinfo(tmp_path, text: str) -> str:
 @pytest.fixture
 def kvm_host(tmp_path):
     """A local host with vmx in cpuinfo and a character device (/dev/null) as /dev/kvm."""
-    return _host.LocalHost(
+    return _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_VMX),
         dev_kvm_path="/dev/null",
         hugepages_path=str(tmp_path / "none"),
@@ -128,7 +128,7 @@ def kvm_host(tmp_path):
 
 
 def test_kvm_usable_host(kvm_host):
-    verdict = _host.kvm_verdict(FakeConn(caps_xml()), local_host=kvm_host)
+    verdict = _host_kvm.kvm_verdict(FakeConn(caps_xml()), local_host=kvm_host)
     assert verdict.usable is True
     assert verdict.checks == {
         "capabilities_kvm_domain": True,
@@ -137,25 +137,25 @@ def test_kvm_usable_host(kvm_host):
         "dev_kvm": True,
     }
     assert any("/dev/kvm is a character device" in r for r in verdict.reasons)
-    assert _host.resolve_virt_type(FakeConn(caps_xml()), "auto", local_host=kvm_host) == "kvm"
-    assert _host.resolve_virt_type(FakeConn(caps_xml()), "kvm", local_host=kvm_host) == "kvm"
+    assert _host_kvm.resolve_virt_type(FakeConn(caps_xml()), "auto", local_host=kvm_host) == "kvm"
+    assert _host_kvm.resolve_virt_type(FakeConn(caps_xml()), "kvm", local_host=kvm_host) == "kvm"
 
 
 def test_amd_svm_counts_as_hardware_virtualization(tmp_path):
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_SVM), dev_kvm_path="/dev/null"
     )
     conn = FakeConn(caps_xml(features=("svm",)))
-    assert _host.kvm_verdict(conn, local_host=host).usable is True
+    assert _host_kvm.kvm_verdict(conn, local_host=host).usable is True
 
 
 def test_dev_kvm_present_but_no_vmx_svm_is_not_usable(tmp_path):
     """Our machines: /dev/kvm exists and libvirt offers kvm, but the CPU has no vmx/svm."""
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_NONE), dev_kvm_path="/dev/null"
     )
     conn = FakeConn(caps_xml(features=("sse2", "hypervisor")))
-    verdict = _host.kvm_verdict(conn, local_host=host)
+    verdict = _host_kvm.kvm_verdict(conn, local_host=host)
     assert verdict.usable is False
     assert verdict.checks == {
         "capabilities_kvm_domain": True,
@@ -166,15 +166,15 @@ def test_dev_kvm_present_but_no_vmx_svm_is_not_usable(tmp_path):
     assert len(verdict.reasons) == 2
     assert "although /dev/kvm exists" in verdict.reasons[0]
     assert "/proc/cpuinfo" in verdict.reasons[1]
-    assert _host.resolve_virt_type(conn, "auto", local_host=host) == "qemu"
-    assert _host.resolve_virt_type(conn, "qemu", local_host=host) == "qemu"
+    assert _host_kvm.resolve_virt_type(conn, "auto", local_host=host) == "qemu"
+    assert _host_kvm.resolve_virt_type(conn, "qemu", local_host=host) == "qemu"
 
 
 def test_cpuinfo_disagreeing_with_capabilities_is_not_usable(tmp_path):
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_NONE), dev_kvm_path="/dev/null"
     )
-    verdict = _host.kvm_verdict(FakeConn(caps_xml()), local_host=host)
+    verdict = _host_kvm.kvm_verdict(FakeConn(caps_xml()), local_host=host)
     assert verdict.usable is False
     assert verdict.checks["cpu_virt_flag_capabilities"] is True
     assert verdict.checks["cpu_virt_flag_cpuinfo"] is False
@@ -182,75 +182,75 @@ def test_cpuinfo_disagreeing_with_capabilities_is_not_usable(tmp_path):
 
 def test_no_kvm_in_capabilities(kvm_host):
     conn = FakeConn(caps_xml(domain_types=("qemu",)))
-    verdict = _host.kvm_verdict(conn, local_host=kvm_host)
+    verdict = _host_kvm.kvm_verdict(conn, local_host=kvm_host)
     assert verdict.usable is False
     assert verdict.checks["capabilities_kvm_domain"] is False
     assert verdict.reasons == ["libvirt does not advertise domain type 'kvm' for x86_64 guests"]
-    assert _host.resolve_virt_type(conn, "auto", local_host=kvm_host) == "qemu"
+    assert _host_kvm.resolve_virt_type(conn, "auto", local_host=kvm_host) == "qemu"
 
 
 def test_missing_dev_kvm(tmp_path):
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_VMX),
         dev_kvm_path=str(tmp_path / "kvm"),
     )
-    verdict = _host.kvm_verdict(FakeConn(caps_xml()), local_host=host)
+    verdict = _host_kvm.kvm_verdict(FakeConn(caps_xml()), local_host=host)
     assert verdict.usable is False
     assert verdict.reasons == ["/dev/kvm is missing"]
 
 
 def test_dev_kvm_not_a_character_device(tmp_path):
     (tmp_path / "kvm").write_text("")
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_VMX),
         dev_kvm_path=str(tmp_path / "kvm"),
     )
-    verdict = _host.kvm_verdict(FakeConn(caps_xml()), local_host=host)
+    verdict = _host_kvm.kvm_verdict(FakeConn(caps_xml()), local_host=host)
     assert verdict.checks["dev_kvm"] is False
     assert verdict.reasons == ["/dev/kvm is not a character device"]
 
 
 def test_remote_host_is_judged_from_capabilities_only():
     conn = FakeConn(caps_xml(), uri="qemu+ssh://root@kvm1.example.com/system")
-    verdict = _host.kvm_verdict(conn)  # no local facts read for a remote host
+    verdict = _host_kvm.kvm_verdict(conn)  # no local facts read for a remote host
     assert verdict.usable is True
     assert verdict.checks["cpu_virt_flag_cpuinfo"] is None
     assert verdict.checks["dev_kvm"] is None
     remote_without_flag = FakeConn(caps_xml(features=()), uri="qemu+tcp://10.0.0.1/system")
-    assert _host.kvm_verdict(remote_without_flag).usable is False
+    assert _host_kvm.kvm_verdict(remote_without_flag).usable is False
 
 
 def test_non_x86_skips_the_cpu_flag_check():
     conn = FakeConn(caps_xml(arch="aarch64", features=()), uri="qemu+ssh://arm1/system")
-    verdict = _host.kvm_verdict(conn)
+    verdict = _host_kvm.kvm_verdict(conn)
     assert verdict.usable is True
     assert verdict.checks["cpu_virt_flag_capabilities"] is None
 
 
 def test_requested_kvm_on_unusable_host_raises(tmp_path):
-    host = _host.LocalHost(
+    host = _host_kvm.LocalHost(
         cpuinfo_path=write_cpuinfo(tmp_path, CPUINFO_NONE), dev_kvm_path="/dev/null"
     )
     conn = FakeConn(caps_xml(features=()))
     with pytest.raises(KvmValidationError) as err:
-        _host.resolve_virt_type(conn, "kvm", local_host=host)
+        _host_kvm.resolve_virt_type(conn, "kvm", local_host=host)
     assert "KVM is not usable" in err.value.msg
     assert "vmx/svm" in err.value.msg
-    assert err.value.details["kvm_reasons"] == _host.kvm_verdict(conn, local_host=host).reasons
+    assert err.value.details["kvm_reasons"] == _host_kvm.kvm_verdict(conn, local_host=host).reasons
 
 
 def test_unknown_requested_virt_type_raises():
     with pytest.raises(KvmValidationError, match="Unknown virt type 'xen'"):
-        _host.resolve_virt_type(FakeConn(caps_xml()), "xen")
+        _host_kvm.resolve_virt_type(FakeConn(caps_xml()), "xen")
 
 
 def test_test_driver_is_not_kvm_usable():
     conn = libvirt.open("test:///default")
     try:
-        verdict = _host.kvm_verdict(conn)
+        verdict = _host_kvm.kvm_verdict(conn)
         assert verdict.usable is False
         assert verdict.checks["dev_kvm"] is None  # the test driver is never local
-        assert _host.resolve_virt_type(conn, "auto") == "qemu"
+        assert _host_kvm.resolve_virt_type(conn, "auto") == "qemu"
     finally:
         conn.close()
 
@@ -259,9 +259,9 @@ def test_test_driver_is_not_kvm_usable():
 
 
 def test_cpuinfo_flags():
-    assert _host.cpuinfo_flags(CPUINFO_VMX) == {"fpu", "vme", "de", "pse", "vmx", "sse2"}
-    assert _host.cpuinfo_flags("processor : 0\nFeatures : fp asimd\n") is None
-    assert _host.cpuinfo_flags(None) is None
+    assert _host_kvm.cpuinfo_flags(CPUINFO_VMX) == {"fpu", "vme", "de", "pse", "vmx", "sse2"}
+    assert _host_kvm.cpuinfo_flags("processor : 0\nFeatures : fp asimd\n") is None
+    assert _host_kvm.cpuinfo_flags(None) is None
 
 
 def test_version_string_and_units():
@@ -274,7 +274,7 @@ def test_version_string_and_units():
 
 def test_hugepage_pools_from_libvirt():
     conn = FakeConn(caps_xml(), uri="qemu+ssh://h/system")
-    caps = _host.capabilities(conn)
+    caps = _host_kvm.capabilities(conn)
     pools = _host.hugepage_pools(conn, caps)
     assert [p["size_kib"] for p in pools] == [2048, 1048576]  # the 4 KiB base page is no pool
     two_mib = pools[0]
@@ -296,9 +296,13 @@ def test_hugepage_pools_from_sysfs(tmp_path):
     pool(tmp_path / "mm", 2048, 10, 7)
     pool(tmp_path / "node" / "node0" / "hugepages", 2048, 6, 5)
     pool(tmp_path / "node" / "node1" / "hugepages", 2048, 4, 2)
-    host = _host.LocalHost(hugepages_path=str(tmp_path / "mm"), node_path=str(tmp_path / "node"))
+    host = _host_kvm.LocalHost(
+        hugepages_path=str(tmp_path / "mm"), node_path=str(tmp_path / "node")
+    )
     conn = FakeConn(caps_xml())
-    pools = {p["size_kib"]: p for p in _host.hugepage_pools(conn, _host.capabilities(conn), host)}
+    pools = {
+        p["size_kib"]: p for p in _host.hugepage_pools(conn, _host_kvm.capabilities(conn), host)
+    }
     assert pools[2048]["source"] == "sysfs"
     assert (pools[2048]["total"], pools[2048]["free"]) == (10, 7)
     assert pools[2048]["cells"] == [
@@ -310,7 +314,7 @@ def test_hugepage_pools_from_sysfs(tmp_path):
 
 def test_machine_types_and_firmware():
     conn = FakeConn(caps_xml())
-    caps = _host.capabilities(conn)
+    caps = _host_kvm.capabilities(conn)
     machines = _host.machine_types(conn, caps, "x86_64", "qemu")
     assert machines["default"] == "pc-i440fx-7.2"
     names = [m["name"] for m in machines["types"]]
@@ -330,20 +334,24 @@ def test_machine_types_and_firmware():
 
 def test_resctrl(tmp_path):
     conn = FakeConn(caps_xml())
-    info = _host.resctrl_info(_host.capabilities(conn), _host.LocalHost(resctrl_path=str(tmp_path)))
+    info = _host.resctrl_info(
+        _host_kvm.capabilities(conn), _host_kvm.LocalHost(resctrl_path=str(tmp_path))
+    )
     assert info["available"] is False and info["mounted"] is False
     assert info["cache_banks"][0]["size_bytes"] == 8 * 1024**2
     assert info["cache_banks"][0]["cpus"] == [0, 1, 2, 3]
 
     (tmp_path / "info").mkdir()
     conn = FakeConn(caps_xml(cache_control=True))
-    info = _host.resctrl_info(_host.capabilities(conn), _host.LocalHost(resctrl_path=str(tmp_path)))
+    info = _host.resctrl_info(
+        _host_kvm.capabilities(conn), _host_kvm.LocalHost(resctrl_path=str(tmp_path))
+    )
     assert info["available"] is True and info["mounted"] is True
 
 
 def test_numa_cells():
     conn = FakeConn(caps_xml())
-    cells = _host.numa_cells(conn, _host.capabilities(conn))
+    cells = _host.numa_cells(conn, _host_kvm.capabilities(conn))
     assert cells == [
         {"id": 0, "cpus": [0, 1], "memory_bytes": 8 * 1024**3, "free_memory_bytes": 4 * 1024**3},
         {"id": 1, "cpus": [2, 3], "memory_bytes": 8 * 1024**3, "free_memory_bytes": 5 * 1024**3},
