@@ -17,9 +17,10 @@ demo: setup
 	ansible-playbook -i inventory/localhost.yml -i inventory/demo.libvirt.yml playbooks/demo.yml
 
 # The whole suite in stages that stop at the first failure (scripts/test.sh): fast gates
-# (ruff, changelog, test collection, unit tests), slow gates (sanity, ansible-lint) with the
-# lab images and the host role's bridge Molecule scenario beside them, then the real libvirtd
-# tests (integration, booted guests, the multi-host lab, the guest role's Molecule scenario).
+# (ruff, changelog, test collection, unit tests on ansible-core 2.19 and 2.16), slow gates
+# (sanity on both, ansible-lint) with the lab images and the host role's default and bridge
+# Molecule scenarios beside them, then the real libvirtd tests (integration, booted guests,
+# the multi-host lab, the guest role's Molecule scenario).
 test: setup
 	@./scripts/test.sh
 
@@ -43,8 +44,8 @@ test-lab:
 lint: ruff sanity ansible-lint changelog-lint
 
 ruff:
-	ruff check plugins tests scripts
-	ruff format --check plugins tests scripts
+	ruff check plugins tests scripts devtools
+	ruff format --check plugins tests scripts devtools
 
 sanity:
 	./scripts/sanity.sh

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from devtools.libvirt_cleanup import domains_with_prefix, remove_domain
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PLAYBOOKS = BENCH / "playbooks"
@@ -347,21 +349,10 @@ def remove_domains(conn, prefix: str) -> int:
     """Destroy and undefine every guest whose name starts with ``prefix``; return how many."""
     import libvirt  # noqa: PLC0415
 
-    flags = (
-        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    )
     removed = 0
-    for dom in conn.listAllDomains(0):
+    for dom in domains_with_prefix(conn, prefix):
         try:
-            if not dom.name().startswith(prefix):
-                continue
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefineFlags(flags)
+            remove_domain(dom)
             removed += 1
         except libvirt.libvirtError as exc:
             log(f"could not remove {dom.name()}: {exc}")
