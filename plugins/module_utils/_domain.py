@@ -20,19 +20,14 @@ from typing import Any
 from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
+from ._domain_checks import HostChecks
+from ._domain_devices import read_disks
 from ._domain_lifecycle import Lifecycle, plan
-from ._domain_live import LIVE_FIELDS, LiveUpdater, pending_restart
-from ._domain_model import (
-    FIELDS_BY_NAME,
-    compare,
-    contains,
-    merge,
-    read_disks,
-    skeleton,
-    write,
-    xml_parts,
-)
-from ._domain_spec import HostChecks, Wish, desired_from_params
+from ._domain_live import LiveUpdater, pending_restart
+from ._domain_merge import contains, merge, xml_parts
+from ._domain_model import FIELDS_BY_NAME, compare, skeleton, write
+from ._domain_spec import Wish, desired_from_params
+from ._domain_xml import domain_xml
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host_kvm import resolve_virt_type
 from ._libvirt import ACTIVE_STATES, domain_state, libvirt, lookup_domain
@@ -45,20 +40,11 @@ VNC_PASSWORD_MAX = 8
 
 def inactive_xml(dom, *, secure: bool = False) -> str:
     """The stored definition; ``secure`` includes console passwords (never return that text)."""
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
-    if secure:
-        flags |= libvirt.VIR_DOMAIN_XML_SECURE
-    try:
-        return dom.XMLDesc(flags)
-    except libvirt.libvirtError as exc:
-        raise from_libvirt(exc, f"read the definition of guest {dom.name()}") from exc
+    return domain_xml(dom, inactive=True, secure=secure)
 
 
 def live_xml(dom) -> str:
-    try:
-        return dom.XMLDesc(0)
-    except libvirt.libvirtError as exc:
-        raise from_libvirt(exc, f"read the live definition of guest {dom.name()}") from exc
+    return domain_xml(dom, what="the live definition")
 
 
 def check_console_password(graphics: dict[str, Any] | None) -> None:
@@ -148,7 +134,7 @@ class DomainManager:
         comparisons = compare(actual_root, wish.fields)
         changed_fields = []
         for name, before, after in comparisons:
-            restart = FIELDS_BY_NAME[name].restart and name not in LIVE_FIELDS
+            restart = FIELDS_BY_NAME[name].needs_restart
             if self.tracker.add(name, before, after, restart_required=restart) or creating:
                 changed_fields.append(name)
         write(new_root, wish.fields, changed_fields)
@@ -191,22 +177,15 @@ class DomainManager:
                 _xml.parse(live_xml(dom), "live domain XML"), actual_root
             )
             restart_required = sorted(
-                set(already_pending) | {n for n in changed_now if n not in LIVE_FIELDS}
+                set(already_pending) | {n for n in changed_now if FIELDS_BY_NAME[n].needs_restart}
             )
 
         if self.check_mode:
             will_restart = bool(restart_required) and self.params["restart_if_required"]
             changed = bool(self.tracker) or will_restart
-            result_root = new_root if config_changed else actual_root
-            return self._result(
-                changed,
-                wish.name,
-                _xml.text(result_root, "uuid"),
-                final,
-                result_root,
-                restart_required=[] if will_restart else restart_required,
-                restarted=will_restart,
-            )
+            shown = new_root if config_changed else actual_root
+            pending = [] if will_restart else restart_required
+            return self._result(changed, wish.name, final, shown, pending, restarted=will_restart)
 
         # ---- apply: one definition write, then live, then the run state
         if config_changed:
@@ -227,7 +206,7 @@ class DomainManager:
                 restart_required = sorted(
                     set(outcome.pending)
                     | set(already_pending)
-                    | {n for n in changed_now if n not in LIVE_FIELDS}
+                    | {n for n in changed_now if FIELDS_BY_NAME[n].needs_restart}
                 )
                 self.warnings += outcome.warnings
             lifecycle = self._lifecycle(dom)
@@ -248,10 +227,9 @@ class DomainManager:
         return self._result(
             changed,
             wish.name,
-            _xml.text(result_root, "uuid"),
             final_state,
             result_root,
-            restart_required=restart_required,
+            restart_required,
             restarted=restarted,
             forced=forced,
             live_applied=live_applied,
@@ -378,28 +356,28 @@ class DomainManager:
         self,
         changed: bool,
         name: str,
-        uuid: str | None,
         state: str,
         root,
+        restart_required: list[str] | None = None,
         *,
-        restart_required: list[str],
         restarted: bool = False,
         forced: bool = False,
         live_applied: list[str] | None = None,
+        gone: bool = False,
     ) -> dict[str, Any]:
         for warning in self.warnings:
             self.kvm.warn(self.redactor.text(warning))
         result: dict[str, Any] = {
             "changed": changed,
             "name": name,
-            "uuid": uuid,
+            "uuid": _xml.text(root, "uuid") if root is not None else None,
             "state": state,
             "changes": [n for n in self.tracker.changed_names() if n != "state"],
-            "restart_required": restart_required,
+            "restart_required": restart_required or [],
             "restarted": restarted,
             "forced": forced,
             "live_applied": live_applied or [],
-            "xml": self.redactor.xml(root) if root is not None else None,
+            "xml": self.redactor.xml(root) if root is not None and not gone else None,
         }
         if self.kvm.diff_mode:
             result["diff"] = self.tracker.diff()
@@ -411,7 +389,7 @@ class DomainManager:
         dom = lookup_domain(self.conn, name)
         if dom is None:
             self.tracker.add("state", "absent", "absent")
-            return self._result(False, name, None, "absent", None, restart_required=[])
+            return self._result(False, name, "absent", None)
         current = domain_state(dom)
         root = _xml.parse(inactive_xml(dom), "domain XML")
         kept: list[dict[str, str]] = []
@@ -425,9 +403,7 @@ class DomainManager:
             self._call(lambda: undefine(dom), f"remove the definition of {name}")
             for path, vol in volumes:
                 self._call(lambda v=vol: v.delete(0), f"delete volume {path}")
-        result = self._result(
-            True, name, _xml.text(root, "uuid"), "absent", None, restart_required=[]
-        )
+        result = self._result(True, name, "absent", root, gone=True)
         result["removed_volumes"] = [v[0] for v in volumes]
         result["kept_volumes"] = kept
         return result

@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _xml
-from ._domain_model import AGENT_CHANNEL, Disk, Interface, summarize
+from ._domain_devices import AGENT_CHANNEL, Disk, Interface
+from ._domain_model import summarize
 from ._errors import from_libvirt, is_error
 from ._libvirt import libvirt, run_state
 from ._secrets import strip_secrets

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import _xml
-from ._domain_model import parse_cpuset
+from ._cpuset import parse_cpuset
 from ._errors import KvmValidationError, from_libvirt
 from ._host_kvm import (
     X86_ARCHES,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import _xml
-from ._domain_model import Disk
+from ._domain_devices import Disk
 from ._errors import from_libvirt, is_error
 from ._libvirt import libvirt
 from ._storage import PoolSpec, VolumeSpec

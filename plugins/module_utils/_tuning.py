@@ -31,14 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _xml
-from ._domain_model import (
-    FIELDS_BY_NAME,
-    IOTUNE_KEYS,
-    Disk,
-    format_cpuset,
-    parse_cpuset,
-    read_disks,
-)
+from ._cpuset import format_cpuset, parse_cpuset
+from ._domain_devices import IOTUNE_KEYS, Disk, read_disks
+from ._domain_model import FIELDS_BY_NAME
 from ._errors import KvmValidationError, from_libvirt, is_error
 from ._host import host_summary
 from ._host_kvm import LocalHost

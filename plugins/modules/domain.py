@@ -668,9 +668,7 @@ xml:
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._domain import DomainManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (  # noqa: E402
-    IOTUNE_KEYS,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_devices import IOTUNE_KEYS  # noqa: E402
 
 _IOTUNE = {k: {"type": "int"} for k in IOTUNE_KEYS}
 _PIN = {"cpuset": {"type": "str", "required": True}}

@@ -265,10 +265,8 @@ host:
 """
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (  # noqa: E402
-    IOTUNE_KEYS,
-    parse_cpuset,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._cpuset import parse_cpuset  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_devices import IOTUNE_KEYS  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._tuning import (  # noqa: E402
     EMULATOR_PLACEMENTS,
     POLICIES,

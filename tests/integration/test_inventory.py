@@ -16,11 +16,11 @@ import pytest
 import yaml
 from lxml import etree
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import (
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_general import (
     NS_PREFIX,
     NS_VIRTOPS,
 )
-from tests.integration.conftest import VENV_BIN, checkout_env
+from tests.helpers import VENV_BIN, checkout_env
 
 
 def set_tags(dom, tags: list[str]) -> None:

@@ -8,11 +8,11 @@ import libvirt
 import pytest
 from lxml import etree
 
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_devices import Disk, DiskWish
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_live import (
     LiveUpdater,
     pending_restart,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import Disk, DiskWish
 
 from .migrate_fakes import error
 

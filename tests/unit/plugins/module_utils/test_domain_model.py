@@ -9,7 +9,10 @@ import subprocess
 import pytest
 from lxml import etree
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_devices as dev
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_merge as xmlopt
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_model as model
+from ansible_collections.virtops.kvm.plugins.module_utils import _xml
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmValidationError
 
 # Inactive XML as libvirt 9.0 wrote it for a q35 guest (trimmed to what matters).
@@ -137,8 +140,8 @@ def test_reads_libvirt_definition(root):
 def test_compare_only_what_is_specified(root):
     wish = {
         "memory": 256,
-        "disks": model.DiskWish([model.Disk(target="vda", bus="virtio", cache="none")], False),
-        "interfaces": [model.Interface(type="network", source="default", model="virtio")],
+        "disks": dev.DiskWish([dev.Disk(target="vda", bus="virtio", cache="none")], False),
+        "interfaces": [dev.Interface(type="network", source="default", model="virtio")],
         "cpu": {"model": "qemu64"},
     }
     for name, before, after in model.compare(root, wish):
@@ -146,13 +149,13 @@ def test_compare_only_what_is_specified(root):
 
 
 def test_mac_not_given_is_not_a_change(root):
-    wish = {"interfaces": [model.Interface(type="network", source="default")]}
+    wish = {"interfaces": [dev.Interface(type="network", source="default")]}
     [(_name, before, after)] = model.compare(root, wish)
     assert before == after
 
 
 def test_exclusive_disks_report_extra_disk(root):
-    wish = {"disks": model.DiskWish([model.Disk(target="vda", bus="virtio")], True)}
+    wish = {"disks": dev.DiskWish([dev.Disk(target="vda", bus="virtio")], True)}
     [(_name, before, after)] = model.compare(root, wish)
     assert before != after
     assert before[1]["target"] == "sda"
@@ -213,18 +216,14 @@ def test_write_then_read_back(root, name, value):
         if key not in related:
             assert after_others[key] == old, key
     # libvirt-generated parts are kept
-    assert model._xml.text(root, "uuid") == "0be9e1af-960a-438e-99c2-c5273d7f8fd8"
+    assert _xml.text(root, "uuid") == "0be9e1af-960a-438e-99c2-c5273d7f8fd8"
     assert root.find("devices/disk/address") is not None
 
 
 def test_disk_patch_keeps_address_and_changes_source(root):
     wish = {
-        "disks": model.DiskWish(
-            [
-                model.Disk(
-                    target="vda", bus="virtio", path="/img/b.qcow2", format="qcow2", iotune={}
-                )
-            ],
+        "disks": dev.DiskWish(
+            [dev.Disk(target="vda", bus="virtio", path="/img/b.qcow2", format="qcow2", iotune={})],
             False,
         )
     }
@@ -237,7 +236,7 @@ def test_disk_patch_keeps_address_and_changes_source(root):
 
 
 def test_new_nic_and_removed_nic(root):
-    wish = [model.Interface(type="bridge", source="br0", model="virtio", mac="52:54:00:00:00:01")]
+    wish = [dev.Interface(type="bridge", source="br0", model="virtio", mac="52:54:00:00:00:01")]
     model.write(root, {"interfaces": wish}, ["interfaces"])
     nics = root.findall("devices/interface")
     assert len(nics) == 1
@@ -251,73 +250,36 @@ def test_serials_drop_derived_console(root):
     assert root.find("devices/serial").get("type") == "pty"
 
 
-def test_cpuset_canonical():
-    assert model.canonical_cpuset("0,1,2,5") == "0-2,5"
-    assert model.canonical_cpuset("0-3,^2") == "0-1,3"
-    with pytest.raises(KvmValidationError):
-        model.parse_cpuset("a-b")
-    with pytest.raises(KvmValidationError):
-        model.parse_cpuset("1,^1")
-
-
-def test_cpuset_exclusions_ranges_and_the_highest_cpu():
-    assert model.parse_cpuset("0-7,^2-5,^7") == {0, 1, 6}
-    assert model.parse_cpuset(" 3 , 1-2 ") == {1, 2, 3}
-    assert model.parse_cpuset(4) == {4}
-    assert max(model.parse_cpuset(f"0-{model.MAX_CPU_ID}")) == model.MAX_CPU_ID == 16383
-
-
-@pytest.mark.parametrize(
-    "text", ["0-1000000", "0-99999999999999999999999", "16384", "1,2,^3,0-16384"]
-)
-def test_cpuset_beyond_libvirts_limit_fails_before_expanding(text):
-    with pytest.raises(KvmValidationError, match=r"CPU \d+ is beyond the highest CPU number"):
-        model.parse_cpuset(text, "tuning.emulator_pin")
-
-
-@pytest.mark.parametrize("text", ["-1", "3-1", "1-", "^", "0x3"])
-def test_cpuset_malformed(text):
-    with pytest.raises(KvmValidationError, match=r"expected e\.g\. 0-3,\^2,6"):
-        model.parse_cpuset(text)
-
-
-def test_cpuset_error_does_not_echo_a_huge_input():
-    text = "0-3," * 10000 + "99999"
-    with pytest.raises(KvmValidationError) as err:
-        model.parse_cpuset(text)
-    assert len(err.value.msg) < 200 and "..." in err.value.msg
-
-
 def test_next_target():
-    assert model.next_target("virtio", {"vda", "vdb"}) == "vdc"
-    assert model.next_target("sata", {"sda"}) == "sdb"
-    assert model.next_target("virtio", {f"vd{chr(c)}" for c in range(97, 123)}) == "vdaa"
+    assert dev.next_target("virtio", {"vda", "vdb"}) == "vdc"
+    assert dev.next_target("sata", {"sda"}) == "sdb"
+    assert dev.next_target("virtio", {f"vd{chr(c)}" for c in range(97, 123)}) == "vdaa"
 
 
 def test_xml_fragment_contains_and_merge(root):
-    frag = model.parse_fragment("<features><pae/></features>")
-    assert not model.contains(root, frag)
+    frag = xmlopt.parse_fragment("<features><pae/></features>")
+    assert not xmlopt.contains(root, frag)
     merged = copy.deepcopy(root)
-    model.merge(merged, frag)
-    assert model.contains(merged, frag)
+    xmlopt.merge(merged, frag)
+    assert xmlopt.contains(merged, frag)
     assert merged.find("features/acpi") is not None  # merged into, not replaced
-    assert model.contains(merged, model.parse_fragment("<features><acpi/></features>"))
+    assert xmlopt.contains(merged, xmlopt.parse_fragment("<features><acpi/></features>"))
 
 
 def test_xml_fragment_devices_are_appended(root):
-    frag = model.parse_fragment(
+    frag = xmlopt.parse_fragment(
         "<devices><video><model type='virtio' heads='1'/></video></devices>"
     )
-    model.merge(root, frag)
+    xmlopt.merge(root, frag)
     assert root.find("devices/video/model").get("type") == "virtio"
     count = len(root.find("devices"))
-    model.merge(root, frag)  # already there: nothing appended
+    xmlopt.merge(root, frag)  # already there: nothing appended
     assert len(root.find("devices")) == count
 
 
 def test_malformed_fragment():
     with pytest.raises(KvmValidationError, match="Malformed xml option"):
-        model.parse_fragment("<features><pae></features>")
+        xmlopt.parse_fragment("<features><pae></features>")
 
 
 @pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="needs libvirt-clients")
@@ -340,12 +302,91 @@ def test_skeleton_with_everything_passes_libvirt_schema(tmp_path, root):
     ]
     values["kernel"], values["initrd"], values["cmdline"] = "/k", "/i", "console=ttyS0"
     values["rng"] = True
-    values["disks"] = model.DiskWish(values["disks"], True)
+    values["disks"] = dev.DiskWish(values["disks"], True)
     values["cpu"] = {k: v for k, v in values["cpu"].items() if v is not None}
     model.write(new, values, list(values))
     path = tmp_path / "d.xml"
-    path.write_text(model._xml.to_string(new))
+    path.write_text(_xml.to_string(new))
     proc = subprocess.run(
         ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr + path.read_text()
+
+
+# -- the field table: what is said of each field -------------------------------------------
+# Settings a running guest takes live (all others need a restart), and those whose live XML
+# shows the running value (so a change written earlier shows as waiting for a restart).
+LIVE = {
+    "title",
+    "description",
+    "tags",
+    "memory",
+    "vcpus",
+    "disks",
+    "interfaces",
+    "tuning.vcpu_pins",
+    "tuning.emulator_pin",
+    "tuning.iothread_pins",
+    "tuning.cpu_shares",
+    "tuning.cpu_period",
+    "tuning.cpu_quota",
+    "tuning.memory_hard_limit",
+    "tuning.memory_soft_limit",
+    "tuning.blkio_weight",
+}
+SHOWN_LIVE = {
+    "virt_type",
+    "max_memory",
+    "max_vcpus",
+    "machine",
+    "boot",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "disks",
+    "interfaces",
+    "serials",
+    "guest_agent",
+    "rng",
+    "watchdog",
+    "tuning.iothreads",
+    "tuning.numa_memory",
+    "tuning.hugepages",
+    "tuning.memory_locked",
+}
+
+
+def test_each_field_is_declared_once():
+    names = [f.name for f in model.FIELDS]
+    assert len(names) == len(set(names)) == len(model.FIELDS_BY_NAME) == 37
+
+
+def test_live_and_restart_come_from_the_table():
+    assert {f.name for f in model.FIELDS if not f.needs_restart} == LIVE
+    assert {f.name for f in model.FIELDS if f.pending} == SHOWN_LIVE
+
+
+def test_a_field_waits_for_a_restart_only_where_the_live_xml_differs(root):
+    live = copy.deepcopy(root)
+    assert [f.name for f in model.FIELDS if f.waits_for_restart(live, root)] == []
+    live.find("vcpu").text = "4"  # the running guest has another maximum
+    live.find("cputune/shares").text = "2048"  # not visible: applied live, never pending
+    waiting = [f.name for f in model.FIELDS if f.waits_for_restart(live, root)]
+    assert waiting == ["max_vcpus"]
+
+
+def test_pins_show_with_string_keys_in_number_order(root):
+    want = {"tuning.vcpu_pins": {1: "1", 0: "0-1"}}
+    [(_name, before, after)] = model.compare(root, want)
+    assert list(after.items()) == [("0", "0-1"), ("1", "1")]
+    assert isinstance(before, dict) and all(isinstance(k, str) for k in before)
+    assert model.summarize(root)["tuning"]["vcpu_pins"] == before
+
+
+def test_devices_show_as_plain_dicts(root):
+    summary = model.summarize(root)
+    assert all(isinstance(d, dict) for d in summary["disks"] + summary["interfaces"])
+    wish = {"disks": dev.DiskWish([dev.Disk(target="vdb", bus="virtio", path="/x")], False)}
+    [(_name, before, after)] = model.compare(root, wish)
+    assert before == [None]
+    assert after == [{"target": "vdb", "bus": "virtio", "path": "/x"}]

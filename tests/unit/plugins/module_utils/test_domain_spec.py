@@ -6,14 +6,12 @@ import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _xml
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_checks import HostChecks
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_lifecycle import (
     Lifecycle,
     plan,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_spec import (
-    HostChecks,
-    desired_from_params,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_spec import desired_from_params
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     KvmTimeoutError,
     KvmValidationError,

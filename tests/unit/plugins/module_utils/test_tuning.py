@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_model import Disk
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_devices import Disk
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._tuning import (
     GuestView,
