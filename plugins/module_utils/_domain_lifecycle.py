@@ -14,8 +14,8 @@ a hard stop; otherwise the run fails with a timeout naming the state last seen.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ._errors import KvmTimeoutError, from_libvirt, is_error
 from ._libvirt import ACTIVE_STATES, domain_state, libvirt
@@ -68,28 +68,18 @@ def plan(current: str, wanted: str) -> Transition:
     raise ValueError(f"unknown state {wanted}")
 
 
+@dataclass
 class Lifecycle:
     """Performs transitions on one domain, waiting for each to finish."""
 
-    def __init__(
-        self,
-        dom,
-        *,
-        timeout: float,
-        force: bool = False,
-        shutdown_mode: str = "default",
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        interval: float = 0.25,
-    ) -> None:
-        self.dom = dom
-        self.timeout = timeout
-        self.force = force
-        self.shutdown_mode = shutdown_mode
-        self.clock = clock
-        self.sleep = sleep
-        self.interval = interval
-        self.forced = False  # set when a hard stop followed a graceful one
+    dom: Any
+    timeout: float
+    force: bool = False
+    shutdown_mode: str = "default"
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    interval: float = 0.25
+    forced: bool = field(default=False, init=False)  # a hard stop followed a graceful one
 
     @property
     def name(self) -> str:
