@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _xml
+from ._domain_xml import domain_xml  # noqa: F401 (the snapshot modules import it from here)
 from ._errors import KvmError, KvmValidationError, from_libvirt, is_error
 from ._libvirt import libvirt
 from ._libvirt import lookup_domain as find_domain
@@ -65,10 +66,10 @@ def _disk_source(disk) -> str | None:
     return src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
 
 
-def parse_disks(domain_xml: str | Any) -> list[GuestDisk]:
+def parse_disks(definition: str | Any) -> list[GuestDisk]:
     """The disks of a ``<domain>`` document or element, with backing chains when present."""
     root = (
-        _xml.parse(domain_xml, "domain XML") if isinstance(domain_xml, (str, bytes)) else domain_xml
+        _xml.parse(definition, "domain XML") if isinstance(definition, (str, bytes)) else definition
     )
     disks = []
     for disk in root.findall("devices/disk"):
@@ -246,18 +247,6 @@ def lookup_domain(conn, name: str):
     if dom is None:
         raise KvmValidationError(f"Guest {name!r} does not exist", domain=name)
     return dom
-
-
-def domain_xml(dom, *, inactive: bool = False, secure: bool = False) -> str:
-    """The guest's XML; ``secure`` (with secrets such as console passwords) only for a
-    definition that is written back, never for one that is returned."""
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-    if secure:
-        flags |= libvirt.VIR_DOMAIN_XML_SECURE
-    try:
-        return dom.XMLDesc(flags)
-    except libvirt.libvirtError as exc:
-        raise from_libvirt(exc, f"read the definition of guest {dom.name()}") from exc
 
 
 def has_guest_agent(domain_root) -> bool:
