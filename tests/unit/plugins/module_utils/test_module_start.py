@@ -54,6 +54,11 @@ def test_closure_follows_imports_into_functions():
     assert {"_client", "_host", "_host_kvm", "_errors"} <= shipped_utils("host_info")
 
 
+def test_host_info_ships_no_guest_model():
+    # the CPU lists of its cache banks go through _cpuset, not the domain field model
+    assert not [u for u in shipped_utils("host_info") if u.startswith("_domain")]
+
+
 def test_domain_ships_the_virt_type_but_not_the_host_summary():
     utils = shipped_utils("domain")
     assert "_host_kvm" in utils
