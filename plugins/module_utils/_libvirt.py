@@ -14,7 +14,7 @@ the module wrapper (:mod:`._client`) or the inventory plugin reports
 from __future__ import annotations
 
 import traceback
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 from urllib.parse import urlsplit
 
 from ._errors import from_libvirt, is_error
@@ -111,3 +111,24 @@ def lookup_domain(conn, name: Optional[str] = None, uuid: Optional[str] = None):
         if is_error(exc, libvirt.VIR_ERR_NO_DOMAIN):
             return None
         raise from_libvirt(exc, f"look up guest {uuid or name}") from exc
+
+
+T = TypeVar("T")
+
+
+def lookup_or_none(lookup: Callable[[], T], missing: int, what: Optional[str]) -> Optional[T]:
+    """``lookup()`` (a libvirt lookup call), or ``None`` when libvirt answers ``missing`` (the
+    code of its "no such object" error, such as ``VIR_ERR_NO_NETWORK``).
+
+    Any other libvirt error is raised as a typed error saying it failed to ``what`` (e.g.
+    "look up network default"); with ``what=None`` it is raised as libvirt's own error, for
+    callers that handle those.
+    """
+    try:
+        return lookup()
+    except libvirt.libvirtError as exc:
+        if is_error(exc, missing):
+            return None
+        if what is None:
+            raise
+        raise from_libvirt(exc, what) from exc

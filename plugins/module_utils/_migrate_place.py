@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import _xml
 from ._errors import KvmError, KvmTimeoutError, is_error
-from ._libvirt import libvirt, lookup_domain
+from ._libvirt import libvirt, lookup_domain, lookup_or_none
 
 
 @dataclass
@@ -218,12 +218,10 @@ def _active_pools(conn) -> list[tuple[str, str | None]]:
 
 
 def _vol_by_path(conn, path: str):
-    try:
-        return conn.storageVolLookupByPath(path)
-    except libvirt.libvirtError as exc:
-        if is_error(exc, libvirt.VIR_ERR_NO_STORAGE_VOL):
-            return None
-        raise
+    # Other libvirt errors stay libvirt's: the caller refuses the candidate with them.
+    return lookup_or_none(
+        lambda: conn.storageVolLookupByPath(path), libvirt.VIR_ERR_NO_STORAGE_VOL, None
+    )
 
 
 def check_destination(

@@ -21,7 +21,7 @@ from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmLibvirtError, from_libvirt, is_error
-from ._libvirt import libvirt
+from ._libvirt import libvirt, lookup_or_none
 from ._network_host import host_for
 from ._network_live import (
     SECTION_DHCP_HOST,
@@ -83,12 +83,11 @@ def differing_fields(a: NetworkSpec, b: NetworkSpec) -> list[str]:
 
 
 def lookup(conn, name: str):
-    try:
-        return conn.networkLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if is_error(exc, libvirt.VIR_ERR_NO_NETWORK):
-            return None
-        raise from_libvirt(exc, f"look up network {name}") from exc
+    return lookup_or_none(
+        lambda: conn.networkLookupByName(name),
+        libvirt.VIR_ERR_NO_NETWORK,
+        f"look up network {name}",
+    )
 
 
 def read_xml(net, *, inactive: bool) -> str:

@@ -12,6 +12,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     is_this_machine,
     libvirt,
     lookup_domain,
+    lookup_or_none,
     run_state,
     state_name,
 )
@@ -70,3 +71,36 @@ def test_lookup_domain_and_state():
     # A closed connection is an error, not "no such guest".
     with pytest.raises(KvmLibvirtError, match="look up guest test"):
         lookup_domain(conn, "test")
+
+
+def test_lookup_or_none():
+    conn = libvirt.open("test:///default")
+    try:
+        net = lookup_or_none(
+            lambda: conn.networkLookupByName("default"), libvirt.VIR_ERR_NO_NETWORK, "look up"
+        )
+        assert net is not None and net.name() == "default"
+        missing = lookup_or_none(
+            lambda: conn.networkLookupByName("nope"), libvirt.VIR_ERR_NO_NETWORK, "look up"
+        )
+        assert missing is None
+        # Another "missing" code than the one libvirt answers is an error.
+        with pytest.raises(KvmLibvirtError, match="Failed to look up network nope"):
+            lookup_or_none(
+                lambda: conn.networkLookupByName("nope"),
+                libvirt.VIR_ERR_NO_STORAGE_VOL,
+                "look up network nope",
+            )
+    finally:
+        conn.close()
+    # A closed connection: a typed error naming what failed, or libvirt's own without a name.
+    with pytest.raises(KvmLibvirtError, match="look up network default"):
+        lookup_or_none(
+            lambda: conn.networkLookupByName("default"),
+            libvirt.VIR_ERR_NO_NETWORK,
+            "look up network default",
+        )
+    with pytest.raises(libvirt.libvirtError):
+        lookup_or_none(
+            lambda: conn.networkLookupByName("default"), libvirt.VIR_ERR_NO_NETWORK, None
+        )
