@@ -23,6 +23,7 @@ from ._storage import (
     CephSecretSpec,
     PoolSource,
     PoolSpec,
+    StorageManager,
     lookup_ceph_secret,
     lookup_pool,
     pool_source_view,
@@ -91,27 +92,13 @@ def _with_source(actual_xml: str, actual: PoolSource, desired: PoolSource) -> st
     return _xml.to_string(root)
 
 
-class PoolManager:
-    def __init__(self, kvm) -> None:
-        self.kvm = kvm
-        self.params = kvm.params
-        self.conn = kvm.conn
-        self.check = kvm.check_mode
-        self.diff = DifferenceTracker()
-        self.result: dict[str, Any] = {"changed": False, "actions": []}
-
+class PoolManager(StorageManager):
     def run(self) -> dict[str, Any]:
         if self.params["state"] == "absent":
             self.absent()
         else:
             reconcile(self.present, f"storage pool '{self.params['name']}'")
-        self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
-        if self.kvm.diff_mode:
-            self.result["diff"] = self.diff.diff()
-        return self.result
-
-    def _act(self, action: str) -> None:
-        self.result["actions"].append(action)
+        return self._finish()
 
     # ------------------------------------------------------------------ present
 

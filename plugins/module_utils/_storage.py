@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _xml
+from ._diff import DifferenceTracker
 from ._errors import KvmValidationError, from_libvirt
-from ._libvirt import libvirt
+from ._libvirt import libvirt, lookup_or_none
 
 POOL_TYPES = ("dir", "fs", "netfs", "logical", "rbd")
 # Pool types whose volumes are files in a directory that libvirt manages (sparse files work).
@@ -235,6 +236,30 @@ def pool_view(pool) -> dict[str, Any]:
     }
 
 
+class StorageManager:
+    """What the pool and volume managers share: the module's parameters and connection, the
+    differences found and the result with the list of actions taken (or, in check mode,
+    that would be taken)."""
+
+    def __init__(self, kvm) -> None:
+        self.kvm = kvm
+        self.params = kvm.params
+        self.conn = kvm.conn
+        self.check = kvm.check_mode
+        self.diff = DifferenceTracker()
+        self.result: dict[str, Any] = {"changed": False, "actions": []}
+
+    def _act(self, action: str) -> None:
+        self.result["actions"].append(action)
+
+    def _finish(self) -> dict[str, Any]:
+        """The result: changed when anything differed or was done, with the diff if asked."""
+        self.result["changed"] = bool(self.diff) or bool(self.result["actions"])
+        if self.kvm.diff_mode:
+            self.result["diff"] = self.diff.diff()
+        return self.result
+
+
 def lookup_pool(conn, name: str, *, required: bool = True):
     try:
         return conn.storagePoolLookupByName(name)
@@ -248,12 +273,11 @@ def lookup_pool(conn, name: str, *, required: bool = True):
 
 def lookup_volume(pool, name: str):
     """The volume ``name`` of a running pool, or None."""
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise from_libvirt(exc, f"look up volume '{name}' in pool '{pool.name()}'") from exc
+    return lookup_or_none(
+        lambda: pool.storageVolLookupByName(name),
+        libvirt.VIR_ERR_NO_STORAGE_VOL,
+        f"look up volume '{name}' in pool '{pool.name()}'",
+    )
 
 
 # --------------------------------------------------------------------------- volumes
@@ -389,14 +413,14 @@ class CephSecretSpec:
 
 
 def lookup_ceph_secret(conn, usage: str | None, uuid: str | None):
-    try:
+    def lookup():
         if uuid:
             return conn.secretLookupByUUIDString(uuid)
         return conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, usage)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
-            return None
-        raise from_libvirt(exc, f"look up libvirt secret '{uuid or usage}'") from exc
+
+    return lookup_or_none(
+        lookup, libvirt.VIR_ERR_NO_SECRET, f"look up libvirt secret '{uuid or usage}'"
+    )
 
 
 # --------------------------------------------------------------------------- info

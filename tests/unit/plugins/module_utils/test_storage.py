@@ -10,7 +10,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._storage import (
     VolumeSpec,
     pool_spec_from_params,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._volume import (
+from ansible_collections.virtops.kvm.plugins.module_utils._volume_import import (
     Checksum,
     qcow2_virtual_size,
 )

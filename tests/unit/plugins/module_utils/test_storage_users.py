@@ -11,7 +11,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._storage_users import 
     StorageUser,
     StorageUsers,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._volume import (
+from ansible_collections.virtops.kvm.plugins.module_utils._volume_import import (
     DigestRecords,
     volume_fingerprint,
 )
