@@ -15,7 +15,7 @@ and a restart instead of failing halfway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _xml
@@ -34,12 +34,7 @@ class LiveOp:
     xml: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "section": self.section,
-            "parent_index": self.parent_index,
-            "xml": self.xml,
-        }
+        return asdict(self)
 
 
 @dataclass

@@ -22,7 +22,7 @@ on such a file is not known.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from . import _xml
@@ -59,13 +59,7 @@ class StorageUser:
         return f"guest {self.guest} ({state}) disk {self.disk}{via}{used}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "guest": self.guest,
-            "disk": self.disk,
-            "how": self.how,
-            "running": self.running,
-            "volume": self.volume,
-        }
+        return asdict(self)
 
 
 def describe_users(users: list[StorageUser]) -> str:
