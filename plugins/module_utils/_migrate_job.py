@@ -145,31 +145,26 @@ class JobOutcome:
         return self.error is None
 
 
+@dataclass(eq=False)
 class MigrationJob:
-    """Run ``start()`` (the blocking migration call) and watch ``dom``'s job until it returns."""
+    """Run ``start()`` (the blocking migration call) and watch ``dom``'s job until it returns.
 
-    def __init__(
-        self,
-        dom,
-        start: Callable[[], Any],
-        policy: JobPolicy,
-        *,
-        on_sample: Callable[[float, dict[str, Any]], None] | None = None,
-        on_tick: Callable[[float, dict[str, Any]], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.dom = dom
-        self.start = start
-        self.policy = policy
-        self.on_sample = on_sample
-        self.on_tick = on_tick
-        self.clock = clock
-        self._outcome = JobOutcome()
-        self._finished = False
-        # Set by the worker only; run() copies them once the worker has ended, so a worker
-        # left behind (stuck) cannot change an outcome already returned.
-        self._result: Any = None
-        self._error: BaseException | None = None
+    ``on_sample`` gets each sample with figures, ``on_tick`` every poll (elapsed seconds and
+    the job statistics).
+    """
+
+    dom: Any
+    start: Callable[[], Any]
+    policy: JobPolicy
+    on_sample: Callable[[float, dict[str, Any]], None] | None = None
+    on_tick: Callable[[float, dict[str, Any]], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    _outcome: JobOutcome = field(default_factory=JobOutcome, init=False)
+    _finished: bool = field(default=False, init=False)
+    # Set by the worker only; run() copies them once the worker has ended, so a worker
+    # left behind (stuck) cannot change an outcome already returned.
+    _result: Any = field(default=None, init=False)
+    _error: BaseException | None = field(default=None, init=False)
 
     def _work(self) -> None:
         try:
