@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine (run as root) to run and test virtops.kvm. Idempotent:
 #   1. Debian packages (only the missing ones are installed),
-#   2. the Python virtualenv .venv from pinned requirements (rebuilt when they change),
+#   2. the Python virtualenvs from pinned requirements (rebuilt when they change): .venv, and
+#      .venv-2.16 with the oldest ansible-core requires_ansible allows (unit tests, sanity),
 #   3. the collection linked into .venv/collections so that virtops.kvm.* resolves,
 #   4. virtlogd and libvirtd started when they are not running.
 set -euo pipefail
@@ -55,22 +56,31 @@ if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
     PYTHON=/usr/bin/python3
 fi
-stamp="$VENV/.requirements.sha256"
-want=$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
-    echo "$want" > "$stamp"
-else
-    echo "up to date"
-fi
-
-# ansible-test (sanity) bootstraps pip in its virtualenvs with a script it downloads from a
-# host we cannot reach; give it an equivalent built on ensurepip (scripts/ansible_test_get_pip.py).
-pip_version=$("$VENV/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; from types import SimpleNamespace as S; print(g(S(version="3"))["pip"])' 2>/dev/null || echo 24.2)
-mkdir -p "$HOME/.ansible/test/cache"
-install -m 0644 "$ROOT/scripts/ansible_test_get_pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+# make_venv DIR REQUIREMENTS...: (re)build DIR when the pinned files it is made from change.
+make_venv() {
+    local venv=$1 stamp want
+    shift
+    stamp="$venv/.requirements.sha256"
+    want=$(cat "$@" | sha256sum | cut -d' ' -f1)
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        "$PYTHON" -m venv --clear "$venv"
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q -r "$1" ${2:+-c "$2"}
+        echo "$want" > "$stamp"
+    else
+        echo "$venv up to date"
+    fi
+    # ansible-test (sanity) bootstraps pip in its virtualenvs with a script it downloads from
+    # a host we cannot reach; give it an equivalent built on ensurepip
+    # (scripts/ansible_test_get_pip.py), under the pip version this ansible-test asks for.
+    local pip_version
+    pip_version=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; from types import SimpleNamespace as S; print(g(S(version="3"))["pip"])' 2>/dev/null || echo 24.2)
+    mkdir -p "$HOME/.ansible/test/cache"
+    install -m 0644 "$ROOT/scripts/ansible_test_get_pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+}
+make_venv "$VENV" "$ROOT/requirements.txt" "$ROOT/constraints.txt"
+# the oldest ansible-core requires_ansible allows, for the unit tests and sanity (scripts/test.sh)
+make_venv "$ROOT/.venv-2.16" "$ROOT/requirements-ansible-2.16.txt"
 
 log "Collection virtops.kvm"
 coll="$VENV/collections/ansible_collections/virtops"

@@ -3,25 +3,26 @@
 # failure, fastest first:
 #
 # 1. fast gates (about a minute): ruff, the changelog fragments, collecting every test module
-#    (an import error anywhere fails here, not after half an hour), the unit tests;
-# 2. slow gates (several minutes): ansible-test sanity and ansible-lint. The lab images are
-#    built (or found in the cache by recipe hash) beside them, and the host role's `bridge`
-#    Molecule scenario starts beside them as its own stream: it boots a Debian VM under TCG
-#    and bridges its second NIC (about ten minutes, mostly one busy CPU); its output is printed
-#    at the end. A failed gate stops it and ends the run;
+#    (an import error anywhere fails here, not after half an hour), the unit tests, with the
+#    pinned ansible-core and again with the oldest one requires_ansible allows (.venv-2.16);
+# 2. slow gates (several minutes): ansible-test sanity (both ansible-cores) and ansible-lint.
+#    The lab images are built (or found in the cache by recipe hash) beside them, and the host
+#    role's two Molecule scenarios start beside them, each as its own stream: `bridge` boots a
+#    Debian VM under TCG and bridges its second NIC (about ten minutes, mostly one busy CPU);
+#    `default` installs and secures a whole KVM host in a VM (~350 packages and ~60 module
+#    calls over SSH to an emulated CPU, twice for idempotence: 25 minutes alone, about 40
+#    beside the rest). Their output is printed at the end. A failed gate stops them and ends
+#    the run;
 # 3. the main suite (integration and lab tests against the real libvirtd, booted guests, the
 #    multi-host lab, the guest role's Molecule scenario).
-#
-# The host role's `default` scenario (the whole role: ~350 packages and ~60 module calls of
-# ~5 s each over SSH to an emulated CPU, twice for idempotence) takes 25 minutes alone here and
-# runs with `make test-host-molecule`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 VENV_BIN="$PWD/.venv/bin"
 PYTEST=("$VENV_BIN/pytest" -p no:cacheprovider)
 HOST_MOLECULE=tests/integration/test_role_host_molecule.py
-SCENARIOS=(bridge)
+SCENARIOS=(default bridge)
+OLDEST_VENV_BIN="$PWD/.venv-2.16/bin"
 mkdir -p build
 declare -A side_pid side_log
 images_pid=""
@@ -55,8 +56,10 @@ make --no-print-directory changelog-lint || fail "changelog fragments"
     fail "collecting the test modules"
 }
 "${PYTEST[@]}" -q -m "not integration and not lab" tests/unit || fail "unit tests"
+"$OLDEST_VENV_BIN/pytest" -p no:cacheprovider -q -m "not integration and not lab" tests/unit ||
+    fail "unit tests with ansible-core $("$OLDEST_VENV_BIN/python" -c 'import ansible; print(ansible.__version__)')"
 
-say "stage 2: slow gates, with the lab images and the host role Molecule stream beside them"
+say "stage 2: slow gates, with the lab images and the host role Molecule streams beside them"
 setsid bash -c '"$1" -m tests.lab.images build tiny && "$1" -m tests.lab.images build debian' \
     _ "$VENV_BIN/python" >build/test-images.log 2>&1 &
 images_pid=$!
@@ -69,6 +72,7 @@ for scenario in "${SCENARIOS[@]}"; do
         "log ${side_log[$scenario]})"
 done
 make --no-print-directory sanity || fail "ansible-test sanity"
+VENV="$PWD/.venv-2.16" ./scripts/sanity.sh || fail "ansible-test sanity with the oldest ansible-core"
 make --no-print-directory ansible-lint || fail "ansible-lint"
 wait "$images_pid"
 images_rc=$?
