@@ -44,6 +44,9 @@ except ImportError:
     LXML_IMPORT_ERROR = traceback.format_exc()
 
 
+# Nothing to catch when libvirt-python is missing (only a connection=False module runs then).
+_LIBVIRT_ERRORS: Any = libvirt.libvirtError if libvirt is not None else ()
+
 COMMON_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "uri": {
         "type": "str",
@@ -136,18 +139,25 @@ class KvmModule:
     """AnsibleModule plus the libvirt connection and the collection's error handling."""
 
     def __init__(
-        self, argument_spec: dict[str, Any], *, readonly: bool = False, **kwargs: Any
+        self,
+        argument_spec: dict[str, Any],
+        *,
+        readonly: bool = False,
+        connection: bool = True,
+        **kwargs: Any,
     ) -> None:
-        spec = dict(COMMON_ARGUMENT_SPEC)
+        # connection=False: a module that never talks to libvirt (image) takes no uri and
+        # needs neither libvirt-python nor lxml.
+        spec = dict(COMMON_ARGUMENT_SPEC) if connection else {}
         spec.update(argument_spec)
         self.module = AnsibleModule(argument_spec=spec, **kwargs)
         self.readonly = readonly
         self._conn = None
-        if LIBVIRT_IMPORT_ERROR:
+        if connection and LIBVIRT_IMPORT_ERROR:
             self.module.fail_json(
                 msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR
             )
-        if LXML_IMPORT_ERROR:
+        if connection and LXML_IMPORT_ERROR:
             self.module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
         try:
             check_text_options(self.params)  # before connecting: nothing has changed yet
@@ -193,7 +203,7 @@ class KvmModule:
         except KvmError as exc:
             self.close()
             self.fail(exc)
-        except libvirt.libvirtError as exc:  # a call the library code did not wrap
+        except _LIBVIRT_ERRORS as exc:  # a call the library code did not wrap
             self.close()
             self.fail(from_libvirt(exc, "complete a libvirt call"))
         except Exception as exc:  # never a bare module crash
