@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _image_build
-from ._errors import KvmValidationError
+from ._errors import KvmError, KvmValidationError
 from ._units import parse_size
 
 DEFAULT_CACHE = "/var/cache/virtops-kvm/images"
@@ -321,6 +321,11 @@ def ensure_image(
         if not check_mode:
             touch(plan.dir)
         return plan.result(changed=False)
+    if plan.dir.exists():
+        raise KvmError(
+            f"{plan.dir} has no {plan.disk.name}: remove the directory to build the image again",
+            dir=str(plan.dir),
+        )
     _image_build.check_build_host(plan.recipe)
     if check_mode:
         return plan.result(changed=True)

@@ -159,6 +159,8 @@ def test_a_directory_without_its_disk_is_not_an_image(tmp_path):
     fake_image(tmp_path, plan)
     plan.disk.unlink()
     assert _image.plan_image(spec, tmp_path).exists is False
+    with pytest.raises(KvmError, match=r"has no disk\.qcow2"):
+        _image.ensure_image(spec, tmp_path, check_mode=True)
 
 
 # --- the build host ---------------------------------------------------------------------------
