@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.libvirt_cleanup import remove_domain_named
 from tests.lab import guests as lab_guests
 from tests.lab import hosts as lab_hosts_mod
 from tests.lab import images as lab_images
@@ -160,7 +161,7 @@ def tiny_guest(libvirt_conn, tiny_image) -> Iterator:
 
     yield make
     for guest, conn in made:
-        lab_guests.remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
+        remove_domain_named({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
         sock = guest.files.command_socket
         for path in [sock, *lab_hosts_mod.hosts_dir().glob(f"h*/vtrun/{sock.name}")]:
@@ -216,7 +217,7 @@ def debian_guest(libvirt_conn, debian_image, ssh_keypair) -> Iterator:
 
     yield make
     for guest, conn in made:
-        lab_guests.remove_domain({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
+        remove_domain_named({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
         shutil.rmtree(guest.files.dir, ignore_errors=True)
 
 

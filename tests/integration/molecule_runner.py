@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.integration.conftest import ROOT, VENV_BIN, checkout_env
+from tests.helpers import ROOT, VENV_BIN, checkout_env
 
 
 def molecule(role: str, *args: str, timeout: int) -> subprocess.CompletedProcess:

@@ -14,9 +14,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration.test_network import free_subnet
-from tests.integration.test_storage import _remove_pool, four_times
-from tests.lab.guests import remove_domain
+from devtools.libvirt_cleanup import remove_domain_named, remove_network, remove_pool
+from tests.helpers import four_times, free_subnet
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +36,9 @@ def names(libvirt_conn, name_prefix, tmp_path_factory):
         "snapshot": "s1",
     }
     yield made
-    remove_domain([libvirt_conn], made["guest"])  # with its snapshot metadata
-    _remove_pool(libvirt_conn, made["pool"])  # with its volumes
-    try:
-        net = libvirt_conn.networkLookupByName(made["net"])
-    except libvirt.libvirtError:
-        net = None
-    if net is not None:
-        if net.isActive():
-            net.destroy()
-        if net.isPersistent():
-            net.undefine()
+    remove_domain_named([libvirt_conn], made["guest"])  # with its snapshot metadata
+    remove_pool(libvirt_conn, made["pool"])  # with its volumes
+    remove_network(libvirt_conn, made["net"])
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -15,17 +15,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _concurrency
 from ansible_collections.virtops.kvm.plugins.modules import domain as domain_module
 from ansible_collections.virtops.kvm.plugins.modules import network as network_module
 from ansible_collections.virtops.kvm.plugins.modules import pool as pool_module
+from tests.helpers import failed, free_subnet
 from tests.unit.conftest import run_module
-
-from . import test_domain, test_storage
-from .test_domain import failed
-from .test_network import free_subnet
-
-# fixtures shared with the domain and storage tests
-conn = test_domain.conn
-cleanup = test_domain.cleanup
-pool_dir = test_storage.pool_dir
-dir_pool = test_storage.dir_pool
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +29,12 @@ def define_guest(conn, name: str):
         "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"
     )
     return conn.defineXML(xml)
+
+
+def define_network(conn, name: str):
+    x = free_subnet(conn)
+    xml = f"<network><name>{name}</name><ip address='198.18.{x}.1' prefix='24'/></network>"
+    return conn.networkDefineXML(xml)
 
 
 def guest_xml(conn, name: str):
@@ -159,10 +156,7 @@ def test_domain_created_concurrently_is_updated_not_replaced(
 # --------------------------------------------------------------------------- network
 def test_network_recomputes_after_a_concurrent_change(conn, cleanup, name_prefix, interleave):
     name = f"{name_prefix}-n"
-    x = free_subnet(conn)
-    conn.networkDefineXML(
-        f"<network><name>{name}</name><ip address='198.18.{x}.1' prefix='24'/></network>"
-    )
+    define_network(conn, name)
     other = libvirt.open(URI)
 
     def set_mtu():
@@ -187,10 +181,7 @@ def test_network_recomputes_after_a_concurrent_change(conn, cleanup, name_prefix
 
 def test_network_changed_again_fails_and_writes_nothing(conn, cleanup, name_prefix, interleave):
     name = f"{name_prefix}-n"
-    x = free_subnet(conn)
-    conn.networkDefineXML(
-        f"<network><name>{name}</name><ip address='198.18.{x}.1' prefix='24'/></network>"
-    )
+    define_network(conn, name)
     other = libvirt.open(URI)
     sizes = iter(range(1400, 1500))
 

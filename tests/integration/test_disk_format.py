@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from . import test_domain
-from .test_domain import assert_converges, exists, failed, four_times, inactive, task
-
-# the guest, pool and file fixtures of the domain tests (cleanup removes what they made)
-conn = test_domain.conn
-cleanup = test_domain.cleanup
-files = test_domain.files
+from tests.helpers import domain_exists, domain_task, failed, four_results, inactive_xml
 
 
 def plant_header(path: Path, work: Path) -> None:
@@ -55,7 +49,7 @@ def driver_types(xml: str) -> dict[str, str | None]:
     return out
 
 
-def dir_pool(conn, name: str, path: Path):
+def define_dir_pool(conn, name: str, path: Path):
     path.mkdir()
     pool = conn.storagePoolDefineXML(
         f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
@@ -76,24 +70,24 @@ def test_a_planted_qcow2_header_is_refused_without_format_and_raw_with_it(
         "memory": 128,
         "disks": [{"path": str(files / "a.img"), "format": "raw"}],
     }
-    assert playbook([task("create", base)]).rc == 0
-    before = inactive(conn, existing)
+    assert playbook([domain_task("create", base)]).rc == 0
+    before = inactive_xml(conn, existing)
 
     new = f"{name_prefix}-new"
     run = playbook(
         [
-            task(
+            domain_task(
                 "new",
                 {"name": new, "memory": 128, "disks": [{"path": str(planted)}]},
                 ignore_errors=True,
             ),
-            task(
+            domain_task(
                 "new check",
                 {"name": new, "memory": 128, "disks": [{"path": str(planted)}]},
                 check=True,
                 ignore_errors=True,
             ),
-            task(
+            domain_task(
                 "existing",
                 dict(base, disks=[*base["disks"], {"path": str(planted)}]),
                 ignore_errors=True,
@@ -104,14 +98,17 @@ def test_a_planted_qcow2_header_is_refused_without_format_and_raw_with_it(
         msg = failed(run, name)["msg"]
         assert f"set format (raw or qcow2) for disk {target} ({planted})" in msg, msg
         assert "not a volume of a running storage pool" in msg
-    assert not exists(conn, new)
-    assert inactive(conn, existing) == before
+    assert not domain_exists(conn, new)
+    assert inactive_xml(conn, existing) == before
 
-    run = playbook(
-        four_times({"name": new, "memory": 128, "disks": [{"path": str(planted), "format": "raw"}]})
+    four_results(
+        playbook,
+        domain_task(
+            "guest",
+            {"name": new, "memory": 128, "disks": [{"path": str(planted), "format": "raw"}]},
+        ),
     )
-    assert_converges(run)
-    xml = inactive(conn, new)
+    xml = inactive_xml(conn, new)
     assert driver_types(xml) == {str(planted): "raw"}
     assert "/etc/shadow" not in xml
 
@@ -120,7 +117,7 @@ def test_a_planted_qcow2_header_is_refused_without_format_and_raw_with_it(
 def test_a_pool_volume_takes_the_pools_format(playbook, conn, name_prefix, files):
     pool_name = f"{name_prefix}-pool"
     pool_dir = files / "pool"
-    pool = dir_pool(conn, pool_name, pool_dir)
+    pool = define_dir_pool(conn, pool_name, pool_dir)
     pool.createXML(
         "<volume><name>root.qcow2</name><capacity unit='MiB'>16</capacity>"
         "<target><format type='qcow2'/></target></volume>"
@@ -143,8 +140,8 @@ def test_a_pool_volume_takes_the_pools_format(playbook, conn, name_prefix, files
             {"path": str(known)},
         ],
     }
-    assert_converges(playbook(four_times(spec)))
-    assert driver_types(inactive(conn, name)) == {
+    four_results(playbook, domain_task("guest", spec))
+    assert driver_types(inactive_xml(conn, name)) == {
         f"{pool_name}/root.qcow2": "qcow2",
         f"{pool_name}/data.img": "raw",
         str(known): "qcow2",
@@ -157,19 +154,23 @@ def test_a_pool_volume_with_a_planted_backing_file_needs_format(
 ):
     pool_name = f"{name_prefix}-pool"
     pool_dir = files / "pool"
-    pool = dir_pool(conn, pool_name, pool_dir)
+    pool = define_dir_pool(conn, pool_name, pool_dir)
     plant_header(pool_dir / "guest.img", tmp_path)
     pool.refresh()  # libvirt's dir pool reads the header: it reports qcow2 on /etc/shadow
     assert "/etc/shadow" in pool.storageVolLookupByName("guest.img").XMLDesc(0)
     name = f"{name_prefix}-planted"
     for disk in ({"pool": pool_name, "volume": "guest.img"}, {"path": str(pool_dir / "guest.img")}):
         run = playbook(
-            [task("define", {"name": name, "memory": 128, "disks": [disk]}, ignore_errors=True)]
+            [
+                domain_task(
+                    "define", {"name": name, "memory": 128, "disks": [disk]}, ignore_errors=True
+                )
+            ]
         )
         msg = failed(run, "define")["msg"]
         assert "set format (raw or qcow2) for disk vda" in msg, msg
         assert "names /etc/shadow as backing" in msg
-        assert not exists(conn, name)
+        assert not domain_exists(conn, name)
     raw = {"pool": pool_name, "volume": "guest.img", "format": "raw"}
-    assert_converges(playbook(four_times({"name": name, "memory": 128, "disks": [raw]})))
-    assert driver_types(inactive(conn, name)) == {f"{pool_name}/guest.img": "raw"}
+    four_results(playbook, domain_task("guest", {"name": name, "memory": 128, "disks": [raw]}))
+    assert driver_types(inactive_xml(conn, name)) == {f"{pool_name}/guest.img": "raw"}

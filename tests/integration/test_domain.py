@@ -6,129 +6,23 @@ created through the domain module itself, and watch its heartbeat on the console
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from tests.helpers import wait_for
-
-URI = "qemu:///system"
-TINY_CMDLINE_FALLBACK = "console=ttyS0"
-
-
-# --------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def cleanup(conn, name_prefix, tmp_path):
-    """Removes every guest, pool and file a test made (names start with ``name_prefix``)."""
-    dirs: list[Path] = []
-    yield dirs
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(name_prefix):
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefineFlags(
-                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                )
-    for net in conn.listAllNetworks(0):
-        if net.name().startswith(name_prefix):
-            if net.isActive():
-                net.destroy()
-            net.undefine()
-    for pool in conn.listAllStoragePools(0):
-        if pool.name().startswith(name_prefix):
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
-    for path in dirs:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def files(name_prefix, cleanup):
-    """A directory QEMU can read, with a raw and a qcow2 disk, an ISO and a kernel stand-in."""
-    base = Path("/var/tmp/virtops-domain-tests") / name_prefix
-    base.mkdir(parents=True)
-    os.chmod(base.parent, 0o755)
-    os.chmod(base, 0o755)
-    cleanup.append(base)
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "raw", str(base / "a.img"), "16M"], check=True
-    )
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(base / "b.qcow2"), "16M"], check=True
-    )
-    (base / "install.iso").write_bytes(b"\0" * 4096)
-    (base / "install2.iso").write_bytes(b"\0" * 4096)
-    (base / "vmlinuz").write_bytes(b"\0" * 4096)
-    return base
-
-
-def inactive(conn, name: str) -> str:
-    return conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-
-
-def exists(conn, name: str) -> bool:
-    try:
-        conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return False
-    return True
-
-
-def task(name: str, args: dict, *, check: bool = False, ignore_errors: bool = False) -> dict:
-    entry = {"name": name, "virtops.kvm.domain": args}
-    if check:
-        entry["check_mode"] = True
-    if ignore_errors:
-        entry["ignore_errors"] = True
-    return entry
-
-
-def four_times(args: dict) -> list[dict]:
-    """check -> apply -> check -> apply of the same arguments."""
-    return [
-        task("check1", args, check=True),
-        task("apply1", args),
-        task("check2", args, check=True),
-        task("apply2", args),
-    ]
-
-
-def assert_converges(run, first_changed: bool = True) -> None:
-    assert run.rc == 0, run.stdout + run.stderr
-    changed = [run.task(n)["changed"] for n in ("check1", "apply1", "check2", "apply2")]
-    assert changed == [first_changed, first_changed, False, False], changed
-
-
-def failed(run, name: str) -> dict:
-    """The result of task ``name``, which must have failed."""
-    [entry] = [e for e in run.results if e["task"] == name]
-    assert entry["status"] == "failed", (name, entry["result"])
-    return entry["result"]
-
-
-def validate_schema(xml: str, tmp_path: Path) -> None:
-    path = tmp_path / "domain.xml"
-    path.write_text(xml)
-    proc = subprocess.run(
-        ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr + xml
+from tests.helpers import (
+    domain_exists,
+    domain_task,
+    failed,
+    four_results,
+    inactive_xml,
+    validate_xml,
+    wait_for,
+)
+from tests.lab.guests import TinyGuest, prepare_tiny_files
 
 
 def rich_spec(name: str, files: Path) -> dict:
@@ -179,25 +73,24 @@ def rich_spec(name: str, files: Path) -> dict:
 @pytest.mark.integration
 def test_define_rich_guest_converges(playbook, conn, name_prefix, files, tmp_path):
     name = f"{name_prefix}-rich"
-    run = playbook(four_times(rich_spec(name, files)), diff=True)
-    assert_converges(run)
-    first = run.task("apply1")
+    steps = four_results(playbook, domain_task("guest", rich_spec(name, files)))
+    first = steps[1]
     assert first["state"] == "shutoff"
     assert set(first["diff"]["after"]) >= {"memory", "disks", "interfaces", "tuning"}
-    xml = inactive(conn, name)
-    validate_schema(xml, tmp_path)
+    xml = inactive_xml(conn, name)
+    validate_xml(xml, "domain", tmp_path)
     assert "<pae/>" in xml
     assert xml.count("<interface ") == 2
     # libvirt generated the MACs; the second run kept them and reported nothing
-    assert run.task("apply2")["changes"] == []
+    assert steps[3]["changes"] == []
 
 
 @pytest.mark.integration
 def test_check_mode_predicts_and_leaves_xml_identical(playbook, conn, name_prefix, files, tmp_path):
     name = f"{name_prefix}-chk"
     spec = rich_spec(name, files)
-    assert playbook([task("create", spec)]).rc == 0
-    before = inactive(conn, name)
+    assert playbook([domain_task("create", spec)]).rc == 0
+    before = inactive_xml(conn, name)
     edited = dict(
         spec,
         memory=384,
@@ -205,34 +98,32 @@ def test_check_mode_predicts_and_leaves_xml_identical(playbook, conn, name_prefi
         cdrom=str(files / "install2.iso"),
         tuning=dict(spec["tuning"], vcpu_pins=[{"vcpu": 0, "cpuset": "1"}]),
     )
-    run = playbook([task("predict", edited, check=True)], diff=True)
+    run = playbook([domain_task("predict", edited, check=True)], diff=True)
     assert run.rc == 0, run.stdout
     predicted = run.task("predict")
     assert predicted["changed"] is True
     assert sorted(predicted["changes"]) == ["disks", "memory", "tags", "tuning.vcpu_pins"]
-    assert inactive(conn, name) == before  # byte-identical
+    assert inactive_xml(conn, name) == before  # byte-identical
     diff = predicted["diff"]
     assert (diff["before"]["memory"], diff["after"]["memory"]) == (256, 384)
     assert diff["before"]["tuning"]["vcpu_pins"] == {"0": "0", "1": "1"}
     assert diff["after"]["tuning"]["vcpu_pins"] == {"0": "1"}
     # the real run changes exactly what was predicted, then nothing
-    run = playbook(four_times(edited))
-    assert run.task("check1")["changes"] == predicted["changes"]
-    assert_converges(run)
-    validate_schema(inactive(conn, name), tmp_path)
+    steps = four_results(playbook, domain_task("guest", edited))
+    assert steps[0]["changes"] == predicted["changes"]
+    validate_xml(inactive_xml(conn, name), "domain", tmp_path)
 
 
 @pytest.mark.integration
 def test_xml_fragment_and_conflict(playbook, conn, name_prefix, files):
     name = f"{name_prefix}-xml"
     base = {"name": name, "memory": 128, "disks": [{"path": str(files / "a.img"), "format": "raw"}]}
-    run = playbook(four_times(dict(base, xml="<clock offset='localtime'/>")))
-    assert_converges(run)
-    assert "offset='localtime'" in inactive(conn, name)
-    before = inactive(conn, name)
+    four_results(playbook, domain_task("guest", dict(base, xml="<clock offset='localtime'/>")))
+    assert "offset='localtime'" in inactive_xml(conn, name)
+    before = inactive_xml(conn, name)
     run = playbook(
         [
-            task(
+            domain_task(
                 "conflict",
                 dict(base, xml="<currentMemory unit='KiB'>262144</currentMemory>"),
                 ignore_errors=True,
@@ -241,7 +132,7 @@ def test_xml_fragment_and_conflict(playbook, conn, name_prefix, files):
     )
     result = failed(run, "conflict")
     assert "Conflicting settings for memory" in result["msg"]
-    assert inactive(conn, name) == before
+    assert inactive_xml(conn, name) == before
 
 
 BAD_INPUTS = [
@@ -294,8 +185,8 @@ def test_bad_input_fails_before_anything_changes(playbook, conn, name_prefix, fi
         "memory": 128,
         "disks": [{"path": str(files / "a.img"), "format": "raw"}],
     }
-    assert playbook([task("create", base)]).rc == 0
-    before = inactive(conn, existing)
+    assert playbook([domain_task("create", base)]).rc == 0
+    before = inactive_xml(conn, existing)
     tasks = []
     for i, (label, given, _message) in enumerate(BAD_INPUTS):
         extra = given
@@ -303,22 +194,24 @@ def test_bad_input_fails_before_anything_changes(playbook, conn, name_prefix, fi
             extra = {"interfaces": [{"network": f"{name_prefix}-off"}]}
         # on a new guest (must not be created) and on an existing one (must not change)
         tasks.append(
-            task(
+            domain_task(
                 f"new {label}",
                 dict({"name": f"{name_prefix}-bad{i}", "memory": 128, "state": "running"}, **extra),
                 ignore_errors=True,
             )
         )
         tasks.append(
-            task(f"existing {label}", dict(base, state="running", **extra), ignore_errors=True)
+            domain_task(
+                f"existing {label}", dict(base, state="running", **extra), ignore_errors=True
+            )
         )
     run = playbook(tasks)
     for i, (label, _given, message) in enumerate(BAD_INPUTS):
         for which in ("new", "existing"):
             result = failed(run, f"{which} {label}")
             assert message in result["msg"], (label, which, result["msg"])
-        assert not exists(conn, f"{name_prefix}-bad{i}"), label
-    assert inactive(conn, existing) == before
+        assert not domain_exists(conn, f"{name_prefix}-bad{i}"), label
+    assert inactive_xml(conn, existing) == before
     assert conn.lookupByName(existing).isActive() == 0
 
 
@@ -343,15 +236,14 @@ def test_absent_removes_guest_nvram_and_volumes(playbook, conn, name_prefix, fil
         "disks": [{"pool": pool_name, "volume": "root.qcow2"}],
         "cdrom": str(files / "install.iso"),
     }
-    run = playbook([task("create", spec)])
+    run = playbook([domain_task("create", spec)])
     assert run.rc == 0, run.stdout
     assert run.task("create")["changed"]
-    assert "type='volume'" in inactive(conn, name)
+    assert "type='volume'" in inactive_xml(conn, name)
     absent = {"name": name, "state": "absent", "remove_storage": True}
-    run = playbook(four_times(absent))
-    assert_converges(run)
-    assert run.task("apply1")["removed_volumes"] == [str(pool_dir / "root.qcow2")]
-    assert not exists(conn, name)
+    steps = four_results(playbook, domain_task("guest", absent))
+    assert steps[1]["removed_volumes"] == [str(pool_dir / "root.qcow2")]
+    assert not domain_exists(conn, name)
     pool.refresh()
     assert pool.listVolumes() == []
     assert (files / "install.iso").exists()  # CD-ROMs are never removed
@@ -366,7 +258,7 @@ def test_domain_info_filters_by_tag_and_state(playbook, conn, name_prefix, files
             "tags": tags,
             "interfaces": [{"network": "default"}],
         }
-        assert playbook([task("create", spec)]).rc == 0
+        assert playbook([domain_task("create", spec)]).rc == 0
     run = playbook(
         [
             {"name": "tag", "virtops.kvm.domain_info": {"tags": ["blue"]}},
@@ -390,26 +282,17 @@ def test_domain_info_filters_by_tag_and_state(playbook, conn, name_prefix, files
 
 
 # --------------------------------------------------------------------------- lab (boots)
-@pytest.fixture(scope="session")
-def tiny_img():
-    from tests.lab.images import build_tiny  # noqa: PLC0415  (builds or reuses the cache)
-
-    return build_tiny()
-
-
 @pytest.fixture
-def tiny(tiny_img, name_prefix, cleanup):
+def tiny(tiny_image, name_prefix, cleanup):
     """Files of a tiny guest (marker disk, console log, command socket) and its spec."""
-    from tests.lab.guests import TinyGuest, prepare_tiny_files  # noqa: PLC0415
-
     name = f"{name_prefix}-tiny"
-    gfiles = prepare_tiny_files(name, tiny_img)
+    gfiles = prepare_tiny_files(name, tiny_image)
     cleanup.append(gfiles.dir)
     # Private copies of kernel and initrd: libvirt refuses to relabel a file that a guest of
     # another libvirtd (lab hosts) holds with other remembered owner labels.
     kernel, initrd = gfiles.dir / "vmlinuz", gfiles.dir / "initrd.img"
-    shutil.copyfile(tiny_img.kernel, kernel)
-    shutil.copyfile(tiny_img.initrd, initrd)
+    shutil.copyfile(tiny_image.kernel, kernel)
+    shutil.copyfile(tiny_image.initrd, initrd)
     spec = {
         "name": name,
         "state": "running",
@@ -421,7 +304,7 @@ def tiny(tiny_img, name_prefix, cleanup):
         "machine": "pc",
         "kernel": str(kernel),
         "initrd": str(initrd),
-        "cmdline": tiny_img.cmdline,
+        "cmdline": tiny_image.cmdline,
         "disks": [{"path": str(gfiles.marker_disk), "format": "qcow2", "cache": "none"}],
         "serials": [
             {"type": "file", "path": str(gfiles.console_log)},
@@ -459,13 +342,13 @@ def test_tiny_playbook_twice_then_check_diff_shows_the_edit(
         tuning={"vcpu_pins": [{"vcpu": 0, "cpuset": "0"}, {"vcpu": 1, "cpuset": "1"}]},
         tags=["lab"],
     )
-    first = playbook([task("guest", spec)])
+    first = playbook([domain_task("guest", spec)])
     assert first.rc == 0, first.stdout
     assert first.task("guest")["changed"] is True
     assert first.task("guest")["state"] == "running"
-    validate_schema(inactive(conn, spec["name"]), tmp_path)
+    validate_xml(inactive_xml(conn, spec["name"]), "domain", tmp_path)
     started = time.monotonic()
-    second = playbook([task("guest", spec)])
+    second = playbook([domain_task("guest", spec)])
     print(f"no-change playbook run: {time.monotonic() - started:.2f} s")
     assert second.rc == 0 and second.task("guest")["changed"] is False
     assert "changed=0" in second.stdout
@@ -480,31 +363,30 @@ def test_tiny_playbook_twice_then_check_diff_shows_the_edit(
     assert address in found["interfaces"][0]["ip_addresses"]
     assert found["stats"]["vcpus_current"] == 1
     # an edited copy in --check --diff: exactly the edit, and libvirt's XML untouched
-    before_xml = inactive(conn, spec["name"])
+    before_xml = inactive_xml(conn, spec["name"])
     edited = dict(spec, cmdline=spec["cmdline"] + " edited=1", tags=["lab", "edited"])
-    run = playbook([task("guest", edited)], check=True, diff=True)
+    run = playbook([domain_task("guest", edited)], check=True, diff=True)
     result = run.task("guest")
     assert result["changed"] is True
     assert result["changes"] == ["tags", "cmdline"]
     diff = result["diff"]
     differing = sorted(k for k in diff["after"] if diff["before"].get(k) != diff["after"][k])
     assert differing == ["cmdline", "tags"]
-    assert inactive(conn, spec["name"]) == before_xml
+    assert inactive_xml(conn, spec["name"]) == before_xml
     assert "edited=1" in run.stdout  # the diff Ansible printed
 
 
 @pytest.mark.lab
 def test_tiny_live_memory_and_vcpus(playbook, conn, tiny):
     spec, guest = tiny
-    assert playbook([task("create", spec)]).rc == 0
+    assert playbook([domain_task("create", spec)]).rc == 0
     guest.wait_heartbeat(timeout=300)
     dom = conn.lookupByName(spec["name"])
     live = dict(
         spec, memory=160, vcpus=2, tags=["live"], tuning={"vcpu_pins": [{"vcpu": 0, "cpuset": "1"}]}
     )
-    run = playbook(four_times(live))
-    assert_converges(run)
-    applied = run.task("apply1")
+    steps = four_results(playbook, domain_task("guest", live))
+    applied = steps[1]
     assert sorted(applied["live_applied"]) == ["memory", "tags", "tuning.vcpu_pins", "vcpus"]
     assert applied["restart_required"] == []
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
@@ -527,15 +409,16 @@ def test_tiny_live_memory_and_vcpus(playbook, conn, tiny):
 def test_tiny_memory_limit_set_and_lifted_live(playbook, conn, tiny):
     spec, guest = tiny
     limited = dict(spec, tuning={"memory_soft_limit": 1024})
-    created = playbook([task("create", limited)])
+    created = playbook([domain_task("create", limited)])
     assert created.rc == 0, created.stdout[-3000:]
     guest.wait_heartbeat(timeout=300)
     dom = conn.lookupByName(spec["name"])
     assert dom.memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)["soft_limit"] == 1024 * 1024
     # 0 removes the limit: lifted on the running guest too (libvirt's "unlimited")
-    run = playbook(four_times(dict(spec, tuning={"memory_soft_limit": 0})))
-    assert_converges(run)
-    assert "tuning.memory_soft_limit" in run.task("apply1")["live_applied"]
+    steps = four_results(
+        playbook, domain_task("guest", dict(spec, tuning={"memory_soft_limit": 0}))
+    )
+    assert "tuning.memory_soft_limit" in steps[1]["live_applied"]
     assert dom.memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)["soft_limit"] == 2**53 - 1
     assert "<soft_limit" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert guest.wait_heartbeat(after=guest.last_heartbeat(), timeout=120)
@@ -544,23 +427,21 @@ def test_tiny_memory_limit_set_and_lifted_live(playbook, conn, tiny):
 @pytest.mark.lab
 def test_tiny_restart_required_then_restart(playbook, conn, tiny):
     spec, guest = tiny
-    assert playbook([task("create", spec)]).rc == 0
+    assert playbook([domain_task("create", spec)]).rc == 0
     guest.wait_heartbeat(timeout=300)
     first_id = conn.lookupByName(spec["name"]).ID()
     bigger = dict(spec, max_memory=320)
-    run = playbook(four_times(bigger))
-    assert_converges(run)
-    assert run.task("apply1")["restart_required"] == ["max_memory"]
+    steps = four_results(playbook, domain_task("guest", bigger))
+    assert steps[1]["restart_required"] == ["max_memory"]
     # the running guest still differs: later runs keep saying so, without a change
-    assert run.task("apply2")["restart_required"] == ["max_memory"]
+    assert steps[3]["restart_required"] == ["max_memory"]
     assert conn.lookupByName(spec["name"]).maxMemory() == 256 * 1024
     restart = dict(bigger, restart_if_required=True)
     marker = len(guest.console())  # the console log is appended to across boots
-    run = playbook(four_times(restart))
-    assert_converges(run)
-    assert run.task("check1")["restarted"] is True
-    assert run.task("apply1")["restarted"] is True
-    assert run.task("apply2")["restart_required"] == []
+    steps = four_results(playbook, domain_task("guest", restart))
+    assert steps[0]["restarted"] is True
+    assert steps[1]["restarted"] is True
+    assert steps[3]["restart_required"] == []
     assert conn.lookupByName(spec["name"]).maxMemory() == 320 * 1024
     # a new boot (a new QEMU process), and the guest comes alive again
     assert conn.lookupByName(spec["name"]).ID() != first_id
@@ -576,17 +457,15 @@ def test_tiny_restart_required_then_restart(playbook, conn, tiny):
 @pytest.mark.lab
 def test_tiny_shutdown_waits_then_absent(playbook, conn, tiny, tmp_path):
     spec, guest = tiny
-    assert playbook([task("create", spec)]).rc == 0
+    assert playbook([domain_task("create", spec)]).rc == 0
     guest.wait_heartbeat(timeout=300)
     stop = dict(spec, state="shutdown", timeout=300)
     started = time.monotonic()
-    run = playbook(four_times(stop))
-    assert_converges(run)
-    result = run.task("apply1")
+    steps = four_results(playbook, domain_task("guest", stop))
+    result = steps[1]
     assert result["state"] == "shutoff" and result["forced"] is False
     print(f"graceful shutdown run: {time.monotonic() - started:.2f} s")
     assert conn.lookupByName(spec["name"]).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
-    run = playbook(four_times({"name": spec["name"], "state": "absent"}))
-    assert_converges(run)
-    assert not exists(conn, spec["name"])
+    four_results(playbook, domain_task("guest", {"name": spec["name"], "state": "absent"}))
+    assert not domain_exists(conn, spec["name"])
     assert Path(spec["disks"][0]["path"]).exists()  # not a pool volume: left in place

@@ -13,7 +13,8 @@ import libvirt
 import pytest
 from lxml import etree
 
-URI = "qemu:///system"
+from devtools.libvirt_cleanup import remove_domain
+
 # 8 characters (the VNC limit) that XML and JSON both escape
 PASSWORD = "N&e<\"w'9"
 LEAKS = (
@@ -28,13 +29,6 @@ VERBOSE = {"ANSIBLE_VERBOSITY": "3"}
 
 
 @pytest.fixture
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def guest(conn, name_prefix):
     name = f"{name_prefix}-sec"
     yield name
@@ -42,9 +36,7 @@ def guest(conn, name_prefix):
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
         return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    remove_domain(dom)
 
 
 def stored_graphics(conn, name: str):

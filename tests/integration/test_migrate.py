@@ -28,8 +28,7 @@ import libvirt
 import pytest
 import yaml
 
-from tests.helpers import wait_for
-from tests.integration.conftest import ROOT, run_playbook
+from tests.helpers import ROOT, run_playbook, wait_for
 from tests.lab import hosts as lab_hosts_mod
 from tests.lab.guests import TinyGuest, disk_xml
 from tests.lab.hosts import path_on_host

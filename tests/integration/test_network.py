@@ -7,39 +7,16 @@ Every network lives in 198.18.0.0/15 (IPv4) and fd00::/8 (IPv6 ULA), is named fr
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from devtools.libvirt_cleanup import remove_network
+from tests.helpers import dnsmasq_pid, four_results, free_subnet, network_task
+
 pytestmark = pytest.mark.integration
-
-URI = "qemu:///system"
-
-
-def free_subnet(conn, second: int = 18) -> int:
-    """A third octet X with 198.<second>.X.0/24 used by no network and no host route."""
-    used = set()
-    for net in conn.listAllNetworks():
-        used.add(net.XMLDesc(0))
-    routes = Path("/proc/net/route").read_text()
-    for _attempt in range(200):
-        x = 20 + secrets.randbelow(230)
-        text = f"198.{second}.{x}."
-        hexnet = f"{x:02X}{second:02X}C6"  # little-endian 198.second.x.0
-        if not any(text in xml for xml in used) and hexnet not in routes:
-            return x
-    raise RuntimeError("no free 198.18/15 subnet")
-
-
-@pytest.fixture
-def conn():
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    c = libvirt.open(URI)
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -53,40 +30,7 @@ def networks(conn, name_prefix):
 
     yield _name
     for name in made:
-        try:
-            net = conn.networkLookupByName(name)
-        except libvirt.libvirtError:
-            continue
-        persistent = net.isPersistent()
-        if net.isActive():
-            net.destroy()
-        if persistent:
-            net.undefine()
-
-
-def task(args, name="net", module="virtops.kvm.network"):
-    return {"name": name, module: args, "register": "r"}
-
-
-def four_times(playbook, args, *, expect_changed=True, diff=False):
-    """check -> apply -> check -> apply, in one playbook run; returns the four results."""
-    steps = [(True, expect_changed), (False, expect_changed), (True, False), (False, False)]
-    tasks = [
-        dict(task(args, name=f"step{i}"), check_mode=check, diff=diff)
-        for i, (check, _changed) in enumerate(steps)
-    ]
-    run = playbook(tasks)
-    assert run.rc == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = []
-    for i, (check, changed) in enumerate(steps):
-        result = run.task(f"step{i}")
-        assert result["changed"] is changed, (i, check, result)
-        results.append(result)
-    return results
-
-
-def dnsmasq_pid(name: str) -> int:
-    return int(Path(f"/run/libvirt/network/{name}.pid").read_text().strip())
+        remove_network(conn, name)
 
 
 def nat_args(name, x, hosts=None, **extra):
@@ -114,7 +58,7 @@ def nat_args(name, x, hosts=None, **extra):
 def test_nat_network_create_is_idempotent(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    results = four_times(playbook, nat_args(name, x), diff=True)
+    results = four_results(playbook, network_task(nat_args(name, x)))
     created = results[1]
     assert created["diff"]["before"]["state"] == "absent"
     assert created["diff"]["after"]["state"] == "active"
@@ -122,7 +66,7 @@ def test_nat_network_create_is_idempotent(playbook, conn, networks):
     assert net.isActive() and net.isPersistent()
     xml = net.XMLDesc(0)
     assert f"198.18.{x}.10" in xml and "fd00:18" in xml and f"{name}.test" in xml
-    info = playbook([task({"name": name}, module="virtops.kvm.network_info")]).task("net")
+    info = playbook([network_task({"name": name}, module="virtops.kvm.network_info")]).task("net")
     (facts,) = info["networks"]
     assert facts["mode"] == "nat" and facts["state"] == "active"
     assert facts["bridge"].startswith("virbr")  # libvirt's choice, never reported as change
@@ -136,7 +80,7 @@ def test_nat_network_create_is_idempotent(playbook, conn, networks):
 def test_dhcp_host_edit_and_add_apply_live(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    assert playbook([task(nat_args(name, x))]).rc == 0
+    assert playbook([network_task(nat_args(name, x))]).rc == 0
     pid = dnsmasq_pid(name)
     hosts = [
         {"mac": "52:54:00:18:00:01", "ip": f"198.18.{x}.11", "name": "one"},  # edited
@@ -144,7 +88,7 @@ def test_dhcp_host_edit_and_add_apply_live(playbook, conn, networks):
     ]
     args = nat_args(name, x, hosts=hosts)
     args["dns_hosts"].append({"ip": f"198.18.{x}.21", "hostnames": ["web"]})
-    results = four_times(playbook, args)
+    results = four_results(playbook, network_task(args))
     applied = results[1]
     assert not applied["restart_required"] and not applied["restarted"]
     assert sorted((u["command"], u["section"]) for u in applied["live_updates"]) == [
@@ -165,17 +109,17 @@ def test_dhcp_host_edit_and_add_apply_live(playbook, conn, networks):
 def test_restart_fields_wait_until_restart(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    assert playbook([task(nat_args(name, x))]).rc == 0
+    assert playbook([network_task(nat_args(name, x))]).rc == 0
     net = conn.networkLookupByName(name)
-    bridge = playbook([task({"name": name}, module="virtops.kvm.network_info")]).task("net")[
-        "networks"
-    ][0]["bridge"]
+    bridge = playbook([network_task({"name": name}, module="virtops.kvm.network_info")]).task(
+        "net"
+    )["networks"][0]["bridge"]
     hosts = [{"mac": "52:54:00:18:00:01", "ip": f"198.18.{x}.13", "name": "one"}]
     args = nat_args(name, x, hosts=hosts, mtu=1400)
 
-    check = playbook([task(args)], check=True).task("net")
+    check = playbook([network_task(args)], check=True).task("net")
     assert check["changed"] and check["restart_fields"] == ["mtu"]
-    applied = playbook([task(args)]).task("net")
+    applied = playbook([network_task(args)]).task("net")
     assert applied["changed"] and applied["restart_required"]
     assert applied["restart_fields"] == ["mtu"]
     assert applied["network"]["pending_changes"] == ["mtu"]
@@ -183,39 +127,39 @@ def test_restart_fields_wait_until_restart(playbook, conn, networks):
     assert "<mtu" not in net.XMLDesc(0)
     assert f"198.18.{x}.13" in net.XMLDesc(0)  # the DHCP host went live meanwhile
     # Nothing left to change in the config, but the restart is still owed.
-    again = playbook([task(args)]).task("net")
+    again = playbook([network_task(args)]).task("net")
     assert not again["changed"] and again["restart_required"]
 
     args["restart"] = True
-    check = playbook([task(args)], check=True).task("net")
+    check = playbook([network_task(args)], check=True).task("net")
     assert check["changed"] and check["restarted"]
     assert "<mtu" not in net.XMLDesc(0)
-    restarted = playbook([task(args)]).task("net")
+    restarted = playbook([network_task(args)]).task("net")
     assert restarted["changed"] and restarted["restarted"] and not restarted["restart_required"]
     assert Path(f"/sys/class/net/{bridge}/mtu").read_text().strip() == "1400"
     for check_mode in (True, False):
-        r = playbook([task(args)], check=check_mode).task("net")
+        r = playbook([network_task(args)], check=check_mode).task("net")
         assert not r["changed"] and not r["restarted"]
 
 
 def test_address_change_is_a_restart_and_state_inactive_applies_it(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    assert playbook([task(nat_args(name, x))]).rc == 0
+    assert playbook([network_task(nat_args(name, x))]).rc == 0
     y = free_subnet(conn)
     args = nat_args(name, y)
-    applied = playbook([task(args)]).task("net")
+    applied = playbook([network_task(args)]).task("net")
     # the DHCP entries belong to the new address: they come with the restart; a DNS host
     # entry is not tied to an address, so it goes live at once
     assert applied["restart_fields"] == ["addresses", "dhcp_ranges", "dhcp_hosts"]
     assert [u["section"] for u in applied["live_updates"]] == ["dns-host", "dns-host"]
     args["state"] = "inactive"
-    results = four_times(playbook, args)
+    results = four_results(playbook, network_task(args))
     assert not results[1]["restart_required"]
     net = conn.networkLookupByName(name)
     assert not net.isActive() and f"198.18.{y}.1'" in net.XMLDesc(0)
     args["state"] = "active"
-    four_times(playbook, args)
+    four_results(playbook, network_task(args))
     assert net.isActive()
 
 
@@ -229,7 +173,7 @@ def test_isolated_route_and_open_modes(playbook, conn, networks):
             "mode": mode,
             "addresses": [{"address": f"198.19.{x}.1/24"}],
         }
-        four_times(playbook, args)
+        four_results(playbook, network_task(args))
         net = conn.networkLookupByName(name)
         spec_xml = net.XMLDesc(0)
         if mode == "isolated":
@@ -239,7 +183,7 @@ def test_isolated_route_and_open_modes(playbook, conn, networks):
     # the mode of an existing network converges too (a restart field)
     args["mode"] = "isolated"
     args["restart"] = True
-    results = four_times(playbook, args)
+    results = four_results(playbook, network_task(args))
     assert results[1]["restarted"]
     assert "<forward" not in conn.networkLookupByName(args["name"]).XMLDesc(0)
 
@@ -255,7 +199,7 @@ def host_bridge(name_prefix):
 def test_bridge_mode_on_an_existing_host_bridge(playbook, conn, networks, host_bridge):
     name = networks()
     args = {"name": name, "state": "active", "mode": "bridge", "bridge": host_bridge}
-    four_times(playbook, args)
+    four_results(playbook, network_task(args))
     xml = conn.networkLookupByName(name).XMLDesc(0)
     assert "<forward mode='bridge'/>" in xml and f"name='{host_bridge}'" in xml
 
@@ -263,7 +207,7 @@ def test_bridge_mode_on_an_existing_host_bridge(playbook, conn, networks, host_b
 def test_bad_input_leaves_nothing_behind(playbook, conn, networks, name_prefix):
     x = free_subnet(conn)
     other = networks("other")
-    assert playbook([task(nat_args(other, x, hosts=[]))]).rc == 0
+    assert playbook([network_task(nat_args(other, x, hosts=[]))]).rc == 0
     name = networks("bad")
     y = free_subnet(conn)
     cases = {
@@ -289,7 +233,7 @@ def test_bad_input_leaves_nothing_behind(playbook, conn, networks, name_prefix):
         {"start": f"198.18.{y}.140", "end": f"198.18.{y}.160"}
     )
     tasks = [
-        dict(task(args, name=f"{message}|{check}"), check_mode=check, ignore_errors=True)
+        dict(network_task(args, name=f"{message}|{check}"), check_mode=check, ignore_errors=True)
         for message, args in cases.items()
         for check in (True, False)
     ]
@@ -310,24 +254,25 @@ def test_bad_input_leaves_nothing_behind(playbook, conn, networks, name_prefix):
     assert not Path(f"/etc/libvirt/qemu/networks/{name}.xml").exists()
     # the untouched neighbour is still there and unchanged
     assert (
-        playbook([task(nat_args(other, x, hosts=[]))], check=True).task("net")["changed"] is False
+        playbook([network_task(nat_args(other, x, hosts=[]))], check=True).task("net")["changed"]
+        is False
     )
 
 
 def test_absent_removes_running_network(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    assert playbook([task(nat_args(name, x))]).rc == 0
-    four_times(playbook, {"name": name, "state": "absent"})
+    assert playbook([network_task(nat_args(name, x))]).rc == 0
+    four_results(playbook, network_task({"name": name, "state": "absent"}))
     assert name not in {n.name() for n in conn.listAllNetworks()}
 
 
 def test_autostart(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    four_times(playbook, nat_args(name, x, autostart=True))
+    four_results(playbook, network_task(nat_args(name, x, autostart=True)))
     assert conn.networkLookupByName(name).autostart()
-    four_times(playbook, nat_args(name, x, autostart=False))
+    four_results(playbook, network_task(nat_args(name, x, autostart=False)))
     assert not conn.networkLookupByName(name).autostart()
 
 
@@ -335,6 +280,6 @@ def test_autostart(playbook, conn, networks):
 def test_info_all_includes_ours(playbook, conn, networks):
     name = networks()
     x = free_subnet(conn)
-    assert playbook([task(nat_args(name, x))]).rc == 0
-    info = playbook([task({}, module="virtops.kvm.network_info")]).task("net")
+    assert playbook([network_task(nat_args(name, x))]).rc == 0
+    info = playbook([network_task({}, module="virtops.kvm.network_info")]).task("net")
     assert name in [n["name"] for n in info["networks"]]

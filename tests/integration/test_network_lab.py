@@ -5,65 +5,26 @@ Guests only talk to their network's gateway and to each other; no traffic leaves
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import libvirt
 import pytest
 from lxml import etree
 
-from tests.integration.test_network import dnsmasq_pid, four_times, free_subnet, task
+from tests.helpers import dnsmasq_pid, four_results, free_subnet, network_task
 from tests.lab.guests import TinyGuest, new_mac, prepare_tiny_files, tiny_domain_xml
-from tests.lab.images import build_tiny
 
 pytestmark = pytest.mark.lab
 
-URI = "qemu:///system"
 # A tiny guest gets its address ~5 s after boot on an idle machine; with the machine shared
 # (load 12 on 2 cores) it took 140 s. The wait ends as soon as the address shows.
 BOOT_TIMEOUT = 360
 
 
-@pytest.fixture
-def conn():
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_tiny()
-
-
-@pytest.fixture
-def cleanup(conn):
-    """Guests and networks a test made, removed in this order at the end."""
-    made = {"guests": [], "networks": []}
-    yield made
-    for guest in made["guests"]:
-        try:
-            conn.lookupByName(guest.name).destroy()
-        except libvirt.libvirtError:
-            pass
-        shutil.rmtree(guest.files.dir, ignore_errors=True)
-    for name in made["networks"]:
-        try:
-            net = conn.networkLookupByName(name)
-        except libvirt.libvirtError:
-            continue
-        persistent = net.isPersistent()
-        if net.isActive():
-            net.destroy()
-        if persistent:
-            net.undefine()
-
-
 def boot(conn, image, cleanup, name, *, network, mac) -> TinyGuest:
+    """A transient tiny guest on ``network``; ``cleanup`` removes it and its files."""
     files = prepare_tiny_files(name, image, marker=False)
     guest = TinyGuest(name, files, conn)
-    cleanup["guests"].append(guest)
+    cleanup.append(files.dir)
     conn.createXML(tiny_domain_xml(name, image, files, network=network, mac=mac), 0)
     return guest
 
@@ -79,10 +40,9 @@ def master_of(dev: str) -> str | None:
 
 
 def test_guest_gets_its_static_address_and_hosts_change_live(
-    playbook, conn, image, cleanup, name_prefix
+    playbook, conn, tiny_image, cleanup, name_prefix
 ):
     name = f"{name_prefix}-nat"
-    cleanup["networks"].append(name)
     x = free_subnet(conn)
     mac = new_mac()
     hosts = [{"mac": mac, "ip": f"198.18.{x}.10", "name": "tiny"}]
@@ -98,10 +58,10 @@ def test_guest_gets_its_static_address_and_hosts_change_live(
             }
         ],
     }
-    four_times(playbook, args)
-    guest = boot(conn, image, cleanup, f"{name_prefix}-g1", network=name, mac=mac)
+    four_results(playbook, network_task(args))
+    guest = boot(conn, tiny_image, cleanup, f"{name_prefix}-g1", network=name, mac=mac)
     assert guest.dhcp_address(mac, timeout=BOOT_TIMEOUT) == f"198.18.{x}.10"
-    info = playbook([task({"name": name}, module="virtops.kvm.network_info")]).task("net")
+    info = playbook([network_task({"name": name}, module="virtops.kvm.network_info")]).task("net")
     facts = info["networks"][0]
     assert {"mac": mac, "ip": f"198.18.{x}.10"} in [
         {"mac": lease["mac"], "ip": lease["ip"]} for lease in facts["leases"]
@@ -117,7 +77,7 @@ def test_guest_gets_its_static_address_and_hosts_change_live(
         *hosts,
         {"mac": new_mac(), "ip": f"198.18.{x}.11", "name": "other"},
     ]
-    results = four_times(playbook, args)
+    results = four_results(playbook, network_task(args))
     assert [u["command"] for u in results[1]["live_updates"]] == ["add"]
     assert not results[1]["restart_required"] and not results[1]["restarted"]
     assert dnsmasq_pid(name) == pid
@@ -127,15 +87,14 @@ def test_guest_gets_its_static_address_and_hosts_change_live(
     # A restart field with restart=true: the module names the guest whose link it cut.
     args["mtu"] = 1400
     args["restart"] = True
-    restarted = playbook([task(args)]).task("net")
+    restarted = playbook([network_task(args)]).task("net")
     assert restarted["restarted"]
     assert [g["name"] for g in restarted["guests_disconnected"]] == [guest.name]
     assert master_of(tap) is None  # libvirt does not reattach running guests
 
 
-def test_isolated_network_shared_by_two_guests(playbook, conn, image, cleanup, name_prefix):
+def test_isolated_network_shared_by_two_guests(playbook, conn, tiny_image, cleanup, name_prefix):
     name = f"{name_prefix}-iso"
-    cleanup["networks"].append(name)
     x = free_subnet(conn, second=19)
     macs = [new_mac(), new_mac()]
     args = {
@@ -152,9 +111,9 @@ def test_isolated_network_shared_by_two_guests(playbook, conn, image, cleanup, n
             }
         ],
     }
-    four_times(playbook, args)
-    left = boot(conn, image, cleanup, f"{name_prefix}-l", network=name, mac=macs[0])
-    right = boot(conn, image, cleanup, f"{name_prefix}-r", network=name, mac=macs[1])
+    four_results(playbook, network_task(args))
+    left = boot(conn, tiny_image, cleanup, f"{name_prefix}-l", network=name, mac=macs[0])
+    right = boot(conn, tiny_image, cleanup, f"{name_prefix}-r", network=name, mac=macs[1])
     assert left.dhcp_address(macs[0], timeout=BOOT_TIMEOUT) == f"198.19.{x}.21"
     assert right.dhcp_address(macs[1], timeout=BOOT_TIMEOUT) == f"198.19.{x}.22"
     left.check(f"ping -c 1 -W 5 198.19.{x}.22", timeout=30)

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import libvirt
@@ -26,22 +27,20 @@ import pytest
 import yaml
 from lxml import etree
 
+from devtools.libvirt_cleanup import (
+    domains_with_prefix,
+    remove_domain,
+    remove_domain_named,
+    remove_network,
+    remove_pool,
+)
+from tests.helpers import four_times, run_playbook
 from tests.lab import guests as lab_guests
 from tests.lab import images as lab_images
 
-from .conftest import run_playbook
-
 pytestmark = pytest.mark.integration
 
-URI = "qemu:///system"
 SECRET = "S3cret-never-logged"
-
-
-@pytest.fixture
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -66,17 +65,10 @@ def lab(conn, name_prefix, tmp_path):
             "tmp": tmp_path,
         }
     finally:
-        for dom in conn.listAllDomains(0):
-            if dom.name().startswith(name_prefix):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        for vol in pool.listAllVolumes(0):
-            vol.delete(0)
-        pool.destroy()
-        pool.undefine()
-        net.destroy()
-        net.undefine()
+        for dom in domains_with_prefix(conn, name_prefix):
+            remove_domain(dom)
+        remove_pool(conn, pool.name())
+        remove_network(conn, net.name())
 
 
 def role_play(lab, guests, **role_vars):
@@ -105,18 +97,6 @@ def role_play(lab, guests, **role_vars):
             ],
         }
     ]
-
-
-def four_times(tmp_path, plays):
-    """check, apply, check, apply; returns the runs after asserting changed each time."""
-    runs = []
-    for check, expect in ((True, True), (False, True), (True, False), (False, False)):
-        run = run_playbook(tmp_path, plays=plays, check=check, diff=True)
-        assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
-        changed = [e["task"] for e in run.results if e["result"].get("changed")]
-        assert bool(changed) is expect, (check, changed)
-        runs.append(run)
-    return runs
 
 
 def mode(path: Path) -> int:
@@ -228,7 +208,7 @@ def test_cloud_image_guest_converges_and_is_removed(conn, lab, name_prefix):
         "tuning": {"cpu_shares": 512},
     }
     plays = role_play(lab, [guest], guest_image_pool=lab["pool"])
-    runs = four_times(lab["tmp"], plays)
+    runs = four_times(partial(run_playbook, lab["tmp"]), plays=plays)
     for run in runs:
         assert SECRET not in run.stdout + run.stderr
         assert "template for task args" not in run.stdout + run.stderr  # no templated argument set
@@ -335,7 +315,7 @@ def test_iso_tree_and_import_guests_are_defined(conn, lab, name_prefix):
          "import": {"pool": lab["pool"], "volume": "existing.qcow2"},
          "disks": [{"volume": "data.img"}, {"path": str(outside), "format": "raw"}]},
     ]  # fmt: skip
-    runs = four_times(tmp, role_play(lab, guests))
+    runs = four_times(partial(run_playbook, tmp), plays=role_play(lab, guests))
     for run in runs:
         assert SECRET not in run.stdout + run.stderr
 
@@ -487,13 +467,9 @@ def boot_lab(conn, name_prefix, debian_image, default_network):
             "tmp": top,
         }  # fmt: skip
     finally:
-        for dom in conn.listAllDomains(0):
-            if dom.name().startswith(name_prefix):
-                lab_guests.remove_domain([conn], dom.name())
-        for vol in pool.listAllVolumes(0):
-            vol.delete(0)
-        pool.destroy()
-        pool.undefine()
+        for dom in domains_with_prefix(conn, name_prefix):
+            remove_domain_named([conn], dom.name())
+        remove_pool(conn, pool.name())
         shutil.rmtree(top)
 
 

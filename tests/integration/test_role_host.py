@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from .conftest import run_playbook
+from tests.helpers import run_playbook
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.helpers import wait_for
-from tests.integration.conftest import PlaybookRun
+from tests.helpers import PlaybookRun, wait_for
 
 HUGEPAGES_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
 APPLY = "Apply the plan to each guest"

@@ -21,9 +21,9 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.helpers import wait_for
+from tests.helpers import four_results, wait_for
 from tests.lab.guests import TinyGuest, disk_xml
-from tests.lab.images import build_tiny, lab_dir
+from tests.lab.images import lab_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 420  # a tiny guest boots in seconds on an idle machine, minutes on a loaded one
@@ -35,7 +35,7 @@ URI = "qemu:///system"
 
 
 @pytest.fixture
-def tiny(tiny_guest, name_prefix):
+def tiny(tiny_guest, tiny_image, name_prefix):
     """``tiny(marker='qcow2'|'raw', start=True)``: a lab tiny guest (shared ``tiny_guest``
     fixture) whose marker disk vda is qcow2 (the lab's) or raw (a copy of the raw template in
     a directory of ours); ``guest.marker_path`` is its image."""
@@ -51,7 +51,7 @@ def tiny(tiny_guest, name_prefix):
             raw_dir.chmod(0o755)
             made_dirs.append(raw_dir)
             raw = raw_dir / "marker.raw"
-            shutil.copyfile(build_tiny().marker_template_raw, raw)
+            shutil.copyfile(tiny_image.marker_template_raw, raw)
             raw.chmod(0o644)
             guest = tiny_guest(
                 name, marker=False, start=False, extra_devices=[disk_xml(raw, "vda", "raw")]
@@ -110,12 +110,10 @@ def shutdown(guest: TinyGuest, timeout: float = 60) -> None:
     """ACPI power off (the tiny guest syncs and unmounts the marker disk first)."""
     dom = guest.dom
     dom.shutdown()
-    deadline = time.monotonic() + timeout
-    while dom.isActive():
-        if time.monotonic() > deadline:
-            dom.destroy()
-            break
-        time.sleep(0.2)
+    try:
+        wait_for(lambda: not dom.isActive(), timeout, "power off", error=TimeoutError)
+    except TimeoutError:
+        dom.destroy()
 
 
 def image_markers(path: Path, tmp_path: Path) -> dict[str, str]:
@@ -157,27 +155,8 @@ def task_result(run, name: str) -> dict:
     raise AssertionError(f"no result for {name}: {run.stdout[-2000:]}")
 
 
-def four_times(playbook, args: dict, module: str = "virtops.kvm.snapshot"):
-    """check, apply, check, apply in one playbook; returns the four results."""
-    tasks = []
-    for i, check in enumerate([True, False, True, False]):
-        tasks.append({"name": f"step{i}", module: args, "check_mode": check, "ignore_errors": True})
-    run = playbook(tasks, diff=True)
-    results = [task_result(run, f"step{i}") for i in range(4)]
-    for r in results:
-        assert not r.get("failed"), r.get("msg")
-    return results
-
-
-def assert_changes(results, expected=(True, True, False, False)) -> None:
-    assert [bool(r.get("changed")) for r in results] == list(expected), [
-        (
-            r.get("changed"),
-            r.get("revert_judgement", {}).get("reason"),
-            [c for c in r.get("revert_judgement", {}).get("checks", []) if not c["ok"]],
-        )
-        for r in results
-    ]
+def snapshot_task(args: dict) -> dict:
+    return {"name": "t", "virtops.kvm.snapshot": args}
 
 
 def one(playbook, args: dict, module: str = "virtops.kvm.snapshot", check: bool = False):
@@ -196,8 +175,9 @@ def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tm
     shutdown(guest)
 
     t0 = time.monotonic()
-    res = four_times(playbook, {"domain": guest.name, "name": "s1", "description": "A only"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "s1", "description": "A only"})
+    )
     snap = res[1]["snapshot"]
     assert snap["kind"] == "internal" and snap["memory"] is False and snap["state"] == "shutoff"
     assert res[3]["snapshot"]["current"] is True
@@ -208,8 +188,9 @@ def test_internal_snapshot_of_stopped_guest_reverts_disk_data(tiny, playbook, tm
     assert has_marker(guest, "B")
 
     t0 = time.monotonic()
-    res = four_times(playbook, {"domain": guest.name, "name": "s1", "state": "reverted"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "s1", "state": "reverted"})
+    )
     judged = res[2]["revert_judgement"]
     assert judged["unchanged"] is True and judged["method"] == "image-files", judged
     assert res[0]["revert_judgement"]["reason"].startswith("the guest is running")
@@ -228,9 +209,10 @@ def test_memory_snapshot_resumes_heartbeat(tiny, playbook):
     guest.write_marker("A", "alpha")
     before = guest.wait_heartbeat(after=2)
 
-    res = four_times(playbook, {"domain": guest.name, "name": "mem1", "memory": True})
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "mem1", "memory": True})
+    )
     # A running guest changes all the time, but the snapshot exists: present is idempotent.
-    assert_changes(res)
     snap = res[1]["snapshot"]
     assert snap["memory"] is True and snap["state"] == "running" and snap["kind"] == "internal"
     at_snapshot = guest.last_heartbeat()
@@ -240,12 +222,13 @@ def test_memory_snapshot_resumes_heartbeat(tiny, playbook):
     later = guest.wait_heartbeat(after=at_snapshot + 4, timeout=60)
 
     t0 = time.monotonic()
-    res = four_times(
+    res = four_results(
         playbook,
-        {"domain": guest.name, "name": "mem1", "state": "reverted", "running_state": "paused"},
+        snapshot_task(
+            {"domain": guest.name, "name": "mem1", "state": "reverted", "running_state": "paused"}
+        ),
     )
     print(f"memory revert 4 runs: {time.monotonic() - t0:.1f}s")
-    assert_changes(res)
     assert res[2]["revert_judgement"]["method"] == "write-counters+vcpu-time"
     assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
@@ -278,9 +261,10 @@ def test_external_snapshot_of_running_guest_then_delete_merges(tiny, playbook, t
     guest.write_marker("A", "alpha")
 
     t0 = time.monotonic()
-    res = four_times(playbook, {"domain": guest.name, "name": "e1", "kind": "external"})
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "e1", "kind": "external"})
+    )
     print(f"external snapshot (running) 4 runs: {time.monotonic() - t0:.1f}s")
-    assert_changes(res)
     overlay = res[1]["created"]["overlays"]["vda"]
     assert Path(overlay).exists() and disk_source(dom) == overlay
     assert backing_file(overlay) == base
@@ -290,9 +274,10 @@ def test_external_snapshot_of_running_guest_then_delete_merges(tiny, playbook, t
     guest.write_marker("B", "beta")  # lands in the overlay
 
     t0 = time.monotonic()
-    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "absent"})
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "e1", "state": "absent"})
+    )
     print(f"external delete (running, active commit) 4 runs: {time.monotonic() - t0:.1f}s")
-    assert_changes(res)
     assert res[1]["deleted"]["method"] == "libvirt"
     assert dom.isActive()
     assert disk_source(dom) == base
@@ -324,15 +309,17 @@ def test_external_snapshot_of_raw_disk_revert_and_bad_input(tiny, playbook, tmp_
     assert image_files(guest) == files_before
 
     guest.write_marker("A", "alpha")
-    res = four_times(playbook, {"domain": guest.name, "name": "x1", "kind": "external"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "x1", "kind": "external"})
+    )
     overlay = res[1]["created"]["overlays"]["vda"]
     guest.write_marker("B", "beta")
 
     t0 = time.monotonic()
-    res = four_times(playbook, {"domain": guest.name, "name": "x1", "state": "reverted"})
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "x1", "state": "reverted"})
+    )
     print(f"external revert 4 runs: {time.monotonic() - t0:.1f}s")
-    assert_changes(res)
     assert res[1]["revert_overlays"] == [
         {"disk": "vda", "base": base, "overlay": overlay, "new_file": False}
     ]
@@ -345,8 +332,9 @@ def test_external_snapshot_of_raw_disk_revert_and_bad_input(tiny, playbook, tmp_
     assert not has_marker(guest, "B")
     guest.write_marker("C", "gamma")
 
-    res = four_times(playbook, {"domain": guest.name, "name": "x1", "state": "absent"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "x1", "state": "absent"})
+    )
     assert not Path(overlay).exists() and disk_source(dom) == base
     assert guest.read_marker("C").strip() == "gamma"
     shutdown(guest)
@@ -370,9 +358,8 @@ def test_external_retention_keeps_n_and_all_data(tiny, playbook, tmp_path):
     guest.write_marker("m4", "data 4")
 
     t0 = time.monotonic()
-    res = four_times(playbook, {**args, "name": "n-4"})
+    res = four_results(playbook, snapshot_task({**args, "name": "n-4"}))
     print(f"external snapshot + retention (running) 4 runs: {time.monotonic() - t0:.1f}s")
-    assert_changes(res)
     assert res[0]["retention"]["deleted"] == ["n-2"]
     assert res[1]["retention"]["deleted"] == ["n-2"]
     assert res[2]["retention"]["deleted"] == []
@@ -557,8 +544,7 @@ def test_internal_retention_and_tree_on_stopped_guest(tiny, playbook):
         "nightly-3",
         "nightly-4",
     ]
-    res = four_times(playbook, {**args, "name": "nightly-5"})
-    assert_changes(res)
+    res = four_results(playbook, snapshot_task({**args, "name": "nightly-5"}))
     assert res[1]["retention"]["deleted"] == ["nightly-2"]
     assert res[1]["retention"]["kept"] == ["nightly-3", "nightly-4", "nightly-5"]
     assert sorted(s.getName() for s in dom.listAllSnapshots(0)) == [
@@ -662,8 +648,9 @@ def test_external_revert_to_older_snapshot_forks_and_deletes_cleanly(tiny, playb
     o2 = disk_source(dom)
     qemu_io(o2, "write -P 0x33 16M 64k")
 
-    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "reverted"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "e1", "state": "reverted"})
+    )
     fork = res[1]["revert_overlays"][0]
     assert fork["new_file"] is True and fork["overlay"] != o1 and fork["base"] == base
     assert disk_source(dom) == fork["overlay"] and pattern_at(fork["overlay"], 0x11)
@@ -679,13 +666,15 @@ def test_external_revert_to_older_snapshot_forks_and_deletes_cleanly(tiny, playb
 
     assert one(playbook, {"domain": guest.name, "name": "e1", "state": "reverted"})["changed"]
     assert disk_source(dom) == fork["overlay"] and pattern_at(fork["overlay"], 0x11)
-    res = four_times(playbook, {"domain": guest.name, "name": "e2", "state": "absent"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "e2", "state": "absent"})
+    )
     assert res[1]["deleted"]["method"] == "discard"
     assert not Path(o2).exists() and not Path(o1).exists()  # e1's old overlay had no user left
 
-    res = four_times(playbook, {"domain": guest.name, "name": "e1", "state": "absent"})
-    assert_changes(res)
+    res = four_results(
+        playbook, snapshot_task({"domain": guest.name, "name": "e1", "state": "absent"})
+    )
     assert res[1]["deleted"]["method"] == "libvirt"
     assert dom.snapshotNum(0) == 0 and disk_source(dom) == base
     assert backing_file(base) is None and pattern_at(base, 0x11)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import libvirt
@@ -21,75 +17,10 @@ from ansible_collections.virtops.kvm.plugins.module_utils._storage import (
     lookup_ceph_secret,
     pool_spec_from_params,
 )
-from tests.helpers import wait_for
+from devtools.libvirt_cleanup import remove_pool
+from tests.helpers import four_times, http_gets, make_qcow2, validate_xml
 
 pytestmark = pytest.mark.integration
-
-URI = "qemu:///system"
-
-
-@pytest.fixture
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-def _remove_pool(conn, name: str) -> None:
-    try:
-        pool = conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if pool.isActive():
-        for vol in pool.listAllVolumes(0):
-            vol.delete(0)
-        pool.destroy()
-    if pool.isPersistent():
-        pool.undefine()
-
-
-@pytest.fixture
-def pool_dir(conn, name_prefix, tmp_path_factory):
-    """A pool name and target directory; the pool and its directory are removed afterwards."""
-    base = tmp_path_factory.mktemp(name_prefix)
-    name = f"{name_prefix}-pool"
-    yield name, str(base / "pool")
-    _remove_pool(conn, name)
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def dir_pool(conn, pool_dir):
-    """A running dir pool made directly with libvirt (not through the module under test)."""
-    name, target = pool_dir
-    xml = f"<pool type='dir'><name>{name}</name><target><path>{target}</path></target></pool>"
-    pool = conn.storagePoolDefineXML(xml, 0)
-    pool.build(0)
-    pool.create(0)
-    return pool
-
-
-def four_times(playbook, tasks, *, first_changed=True, after_each=None):
-    """check -> apply -> check -> apply; assert changed each time; return the runs.
-
-    ``after_each(index, run)``, when given, runs after each of the four (to look at what a
-    run left on the host before the next one changes it)."""
-    runs = []
-    for check, want in (
-        (True, first_changed),
-        (False, first_changed),
-        (True, False),
-        (False, False),
-    ):
-        run = playbook(tasks, check=check, diff=True)
-        assert run.rc == 0, run.stdout + run.stderr
-        got = [r["result"].get("changed") for r in run.results]
-        assert any(got) == want, f"check={check}: changed={got}\n{run.stdout}"
-        if after_each is not None:
-            after_each(len(runs), run)
-        runs.append(run)
-    return runs
-
 
 # ------------------------------------------------------------------ pools
 
@@ -364,58 +295,10 @@ def test_clone(playbook, dir_pool):
 # ------------------------------------------------------------------ imports
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    """python -m http.server on 127.0.0.1 (random port) serving tmp_path/www; stopped by PID."""
-    root = tmp_path / "www"
-    root.mkdir()
-    log = tmp_path / "http.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "http.server",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
-
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_for(listening, 10, f"the test HTTP server on port {port}", interval=0.1)
-    try:
-        yield root, f"http://127.0.0.1:{port}", log
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-
-
-def _gets(log: Path, name: str) -> int:
-    return sum(1 for line in log.read_text().splitlines() if f"GET /{name} " in line)
-
-
-def _make_qcow2(path: Path, size: str = "32M") -> str:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_import_url_once_with_checksum(playbook, dir_pool, http_server):
     root, url, log = http_server
     name = dir_pool.name()
-    checksum = _make_qcow2(root / "base.qcow2")
+    checksum = make_qcow2(root / "base.qcow2")
     task = {
         "name": "imp",
         "virtops.kvm.volume": {
@@ -427,7 +310,7 @@ def test_import_url_once_with_checksum(playbook, dir_pool, http_server):
         },
     }
     runs = four_times(playbook, [task])
-    assert _gets(log, "base.qcow2") == 1  # downloaded once, by the one apply that imported
+    assert http_gets(log, "base.qcow2") == 1  # downloaded once, by the one apply that imported
     imported = runs[1].task("imp")["volume"]
     assert imported["format"] == "qcow2" and imported["capacity"] == 32 * 1024**2
     assert imported["checksum"] == checksum
@@ -449,7 +332,7 @@ def test_import_url_once_with_checksum(playbook, dir_pool, http_server):
     )
 
     # the existing volume differs from a new checksum: refused, nothing downloaded
-    other = _make_qcow2(root / "other.qcow2", "16M")
+    other = make_qcow2(root / "other.qcow2", "16M")
     changed = playbook(
         [
             {
@@ -463,13 +346,13 @@ def test_import_url_once_with_checksum(playbook, dir_pool, http_server):
         ]
     )
     assert changed.rc != 0 and "force=true" in changed.task("imp")["msg"]
-    assert _gets(log, "other.qcow2") == 0
+    assert http_gets(log, "other.qcow2") == 0
 
 
 def test_import_bad_checksum_leaves_nothing(playbook, dir_pool, http_server, tmp_path):
     root, url, _log = http_server
     name = dir_pool.name()
-    _make_qcow2(root / "img.qcow2")
+    make_qcow2(root / "img.qcow2")
     wrong = "sha256:" + "0" * 64
     run = playbook(
         [
@@ -492,7 +375,7 @@ def test_import_bad_checksum_leaves_nothing(playbook, dir_pool, http_server, tmp
 
     # a local file with a wrong checksum fails before anything happens, in check mode too
     local = tmp_path / "local.qcow2"
-    _make_qcow2(local)
+    make_qcow2(local)
     for check in (True, False):
         run = playbook(
             [
@@ -556,15 +439,6 @@ def test_import_local_file(playbook, dir_pool, tmp_path):
 # ------------------------------------------------------------------ pool types needing devices
 
 
-def _validate(xml: str, kind: str, tmp_path: Path) -> None:
-    f = tmp_path / f"{kind}.xml"
-    f.write_text(xml)
-    res = subprocess.run(
-        ["virt-xml-validate", str(f), kind], capture_output=True, text=True, check=False
-    )
-    assert res.returncode == 0, res.stdout + res.stderr + xml
-
-
 @pytest.mark.parametrize(
     "params",
     [
@@ -590,10 +464,10 @@ def _validate(xml: str, kind: str, tmp_path: Path) -> None:
 def test_pool_xml_is_valid_for_libvirt_schema(params, tmp_path):
     spec = pool_spec_from_params({"name": "p1", **params})
     xml = spec.to_xml()
-    _validate(xml, "storagepool", tmp_path)
+    validate_xml(xml, "storagepool", tmp_path)
     assert PoolSpec.from_xml(xml) == spec
     if params["type"] == "rbd":
-        _validate(CephSecretSpec(usage="client.libvirt secret").to_xml(), "secret", tmp_path)
+        validate_xml(CephSecretSpec(usage="client.libvirt secret").to_xml(), "secret", tmp_path)
 
 
 def test_rbd_pool_secret_made_and_rolled_back(playbook, conn, name_prefix):
@@ -635,7 +509,7 @@ def test_rbd_pool_secret_made_and_rolled_back(playbook, conn, name_prefix):
             conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, usage).undefine()
         except libvirt.libvirtError:
             pass
-        _remove_pool(conn, f"{name_prefix}-rbd")
+        remove_pool(conn, f"{name_prefix}-rbd")
 
     # the secret part on its own, through the module's code path (no pool definition)
 

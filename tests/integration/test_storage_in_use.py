@@ -19,19 +19,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration import test_storage as storage
-from tests.integration import test_storage_lab as storage_lab
-from tests.lab.guests import remove_domain
-
-# the storage tests' fixtures and helpers, shared
-conn = storage.conn
-pool_dir = storage.pool_dir
-dir_pool = storage.dir_pool
-http_server = storage.http_server
-lab_pool = storage_lab.lab_pool
-four_times = storage.four_times
-gets = storage._gets
-make_qcow2 = storage._make_qcow2
+from devtools.libvirt_cleanup import remove_domain_named
+from tests.helpers import four_times, http_gets, make_qcow2
 
 MiB = 1024 * 1024
 
@@ -97,7 +86,7 @@ def guests(conn):
 
     yield define
     for name in made:
-        remove_domain([conn], name)
+        remove_domain_named([conn], name)
 
 
 @pytest.fixture
@@ -316,7 +305,7 @@ def test_check_mode_with_checksum_neither_downloads_nor_reads_the_volume(
     second = make_qcow2(root / "two.qcow2", "4M")
     imp = {"format": "qcow2", "source_url": f"{url}/one.qcow2", "checksum": first}
     assert playbook(vol_task(pool, "img.qcow2", **imp)).rc == 0
-    assert gets(log, "one.qcow2") == 1
+    assert http_gets(log, "one.qcow2") == 1
 
     # the digest this host recorded at the import answers check mode
     same = playbook(vol_task(pool, "img.qcow2", **imp), check=True).task("v")
@@ -337,12 +326,12 @@ def test_check_mode_with_checksum_neither_downloads_nor_reads_the_volume(
     ).task("v")
     assert unknown["changed"] and unknown["checksum_verified"] is None
     assert any("Check mode does not read volume 'plain.qcow2'" in w for w in unknown["warnings"])
-    assert gets(log, "two.qcow2") == 0
+    assert http_gets(log, "two.qcow2") == 0
 
     # the real run replaces it, and agrees with the prediction
     done = playbook(vol_task(pool, "img.qcow2", **newer)).task("v")
     assert done["actions"] == predicted["actions"] and done["volume"]["checksum"] == second
-    assert gets(log, "two.qcow2") == 1
+    assert http_gets(log, "two.qcow2") == 1
     dir_pool.refresh(0)
     assert "img.qcow2.virtops-new" not in dir_pool.listVolumes()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, VENV_BIN, PlaybookRun, checkout_env
+from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env
 from tests.lab import hosts as lab_hosts_mod
 
 # The module's set-up (two role runs, two libvirtd restarts) counts towards the first test.

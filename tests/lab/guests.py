@@ -135,33 +135,6 @@ def _domain(
     return etree.tostring(dom, encoding="unicode", pretty_print=True)
 
 
-def remove_domain(conns, name: str) -> None:
-    """Destroy and undefine ``name`` on whichever of ``conns`` has it."""
-    import libvirt  # noqa: PLC0415  (imported at the top for type hints only)
-
-    flags = (
-        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    )
-    for conn in conns:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            continue
-        try:
-            if dom.isActive():
-                dom.destroy()
-        except libvirt.libvirtError:
-            pass
-        try:
-            if dom.isPersistent():
-                dom.undefineFlags(flags)
-        except libvirt.libvirtError:
-            pass
-
-
 # ----------------------------------------------------------------------------------------
 # tiny guests
 
@@ -499,17 +472,17 @@ def wait_lease(conn: libvirt.virConnect, network: str, mac: str, timeout: float 
 def wait_ssh(address: str, port: int = 22, timeout: float = 180) -> float:
     """Wait until ``address:port`` answers with an SSH banner; return the seconds waited."""
     started = time.monotonic()
-    while True:
+
+    def banner() -> bool:
         try:
             with socket.create_connection((address, port), timeout=5) as sock:
                 sock.settimeout(10)
-                if sock.recv(64).startswith(b"SSH-"):
-                    return time.monotonic() - started
+                return sock.recv(64).startswith(b"SSH-")
         except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise GuestTimeout(f"no SSH on {address}:{port} in {timeout:g} s")
-        time.sleep(1)
+            return False
+
+    wait_for(banner, timeout, f"an SSH banner on {address}:{port}", interval=1, error=GuestTimeout)
+    return time.monotonic() - started
 
 
 @dataclass

@@ -41,6 +41,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from devtools.libvirt_cleanup import remove_domain
 from tests.helpers import wait_for
 
 from .images import lab_dir
@@ -215,9 +216,8 @@ def _stop_pid(pid: int, must_contain: str, timeout: float = 20) -> None:
         return  # gone, or the PID now belongs to another process
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not _alive(pid), timeout, f"PID {pid}", interval=0.1, error=TimeoutError)
     if _alive(pid) and must_contain in _cmdline(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -456,15 +456,7 @@ def _destroy_guests(host: LabHost) -> None:
     try:
         for dom in conn.listAllDomains():
             with contextlib.suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                if dom.isPersistent():
-                    dom.undefineFlags(
-                        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                    )
+                remove_domain(dom)
     finally:
         conn.close()
 
