@@ -205,6 +205,7 @@ def test_a_failed_build_leaves_nothing(playbook, tmp_path):
 
 
 @pytest.mark.lab
+@pytest.mark.image_build
 @pytest.mark.timeout(1500)
 def test_a_real_build_check_apply_check_apply(playbook, tmp_path):
     """A raw 2 GiB image with one more package: built once, then found; check mode predicts."""
