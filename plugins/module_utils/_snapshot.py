@@ -19,6 +19,7 @@ from typing import Any
 from . import _xml
 from ._check_mode import assumed_in_check_mode
 from ._diff import DifferenceTracker
+from ._domain_xml import domain_xml
 from ._errors import KvmValidationError, from_libvirt
 from ._libvirt import domain_state, is_local_uri, libvirt
 from ._snapshot_external import (
@@ -30,7 +31,6 @@ from ._snapshot_external import (
 from ._snapshot_model import (
     GuestDisk,
     SnapshotModel,
-    domain_xml,
     has_guest_agent,
     list_snapshots,
     lookup_domain,

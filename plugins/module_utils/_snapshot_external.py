@@ -45,12 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _xml
+from ._domain_xml import domain_xml
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._libvirt import domain_state, libvirt
 from ._snapshot_model import (
     SnapshotModel,
     backing_chain_offline,
-    domain_xml,
     parse_disks,
 )
 

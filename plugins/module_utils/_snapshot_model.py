@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _xml
-from ._domain_xml import domain_xml  # noqa: F401 (the snapshot modules import it from here)
 from ._errors import KvmError, KvmValidationError, from_libvirt, is_error
 from ._libvirt import libvirt
 from ._libvirt import lookup_domain as find_domain
