@@ -32,6 +32,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PLAYBOOKS = BENCH / "playbooks"
 OUR_VENV = ROOT / ".venv"
+# Where the playbooks find virtops.kvm: this checkout, or another commit (run.py --collection).
+OUR_COLLECTIONS = OUR_VENV / "collections"
 PEER_VENV = BENCH / ".venv-peer"
 PLOT_VENV = BENCH / ".venv-plot"
 SYSTEM_URI = "qemu:///system"
@@ -182,7 +184,7 @@ def run_playbook(
         env = dict(os.environ)
         env.update(
             ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-            ANSIBLE_COLLECTIONS_PATH=str(OUR_VENV / "collections"),
+            ANSIBLE_COLLECTIONS_PATH=str(OUR_COLLECTIONS),
             ANSIBLE_CALLBACK_PLUGINS=str(BENCH / "callback_plugins"),
             ANSIBLE_CALLBACKS_ENABLED="bench_timer",
             ANSIBLE_PYTHON_INTERPRETER=str(venv / "bin/python"),

@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ import traceback
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from . import tables
+from . import common, tables
 from .common import (
     BENCH,
     PEER_VENV,
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=120,
         help="seconds one migration may take before it is aborted",
+    )
+    p.add_argument(
+        "--collection",
+        metavar="REV",
+        help="the playbooks run virtops.kvm as it is at git revision REV (extracted once under "
+        "$VIRTOPS_LAB_DIR/bench) instead of this working tree: before/after figures of a change "
+        "while the tree moves on",
     )
     p.add_argument("--out", type=Path, default=BENCH / "results")
     p.add_argument(
@@ -171,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             part.chmod(part.stat().st_mode | 0o005)
 
     ensure_venv(PEER_VENV, BENCH / "requirements-peer.txt")
+    if args.collection:
+        common.OUR_COLLECTIONS = _extract_collection(args.collection, workdir)
     results = Results()
     started = time.time()
     meta = {
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": {
             "ansible-core": pip_version(ROOT / ".venv", "ansible-core"),
             "virtops.kvm": _galaxy_version(),
-            "commit": _git_commit(),
+            "commit": _git_commit(args.collection or "HEAD"),
         },
         "peer": {
             "ansible": pip_version(PEER_VENV, "ansible"),
@@ -274,14 +284,34 @@ def _galaxy_version() -> str:
     return "?"
 
 
-def _git_commit() -> str:
+def _git_commit(rev: str = "HEAD") -> str:
     proc = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
         capture_output=True,
         text=True,
         check=False,
     )
     return proc.stdout.strip()
+
+
+def _extract_collection(rev: str, workdir: Path) -> Path:
+    """A collections directory holding virtops.kvm as of ``rev`` (the tree of that commit)."""
+    commit = _git_commit(rev)
+    if not commit:
+        raise SystemExit(f"--collection: {rev!r} is not a commit of {ROOT}")
+    collections = workdir / f"collection-{commit}"
+    tree = collections / "ansible_collections" / "virtops" / "kvm"
+    if not tree.is_dir():  # a commit's tree never changes: extracted once, then reused
+        partial = tree.with_name(".kvm-partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
+        partial.rename(tree)
+    log(f"the playbooks run virtops.kvm at {commit} ({tree})")
+    return collections
 
 
 def _peer_libvirt_version() -> str:
