@@ -33,7 +33,8 @@ from tests.lab import hosts as lab_hosts_mod
 from tests.lab.guests import TinyGuest, disk_xml
 from tests.lab.hosts import path_on_host
 
-pytestmark = [pytest.mark.lab, pytest.mark.multihost]
+# The first multihost test pays for starting the lab hosts (258 s seen under a load of 20).
+pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(600)]
 
 # Guests' files are on one local filesystem that every lab host sees: libvirt calls that
 # unsafe unless told otherwise.
