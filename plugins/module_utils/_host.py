@@ -28,7 +28,7 @@ from ._host_kvm import (
     kvm_verdict,
     resolve_virt_type,
 )
-from ._libvirt import DOMAIN_STATES, is_this_machine, libvirt, state_name
+from ._libvirt import DOMAIN_STATES, is_this_machine, libvirt, pool_state_name, state_name
 from ._units import unit_factor
 
 SECTIONS = (
@@ -44,9 +44,6 @@ SECTIONS = (
     "networks",
     "guests",
 )
-
-POOL_STATES = ("inactive", "building", "running", "degraded", "inaccessible")
-
 
 # --- host summary sections ------------------------------------------------------------------
 
@@ -378,7 +375,7 @@ def storage_pools(conn) -> list[dict[str, Any]]:
                     "name": pool.name(),
                     "uuid": pool.UUIDString(),
                     "type": xml.get("type"),
-                    "state": _name(POOL_STATES, state),
+                    "state": pool_state_name(state),
                     "active": bool(pool.isActive()),
                     "autostart": bool(pool.autostart()),
                     "persistent": bool(pool.isPersistent()),
@@ -462,10 +459,6 @@ def _guest_counts_by_listing(conn) -> dict[str, Any]:
     )
     total = sum(counts.values())
     return {"total": total, "active": active, "inactive": total - active, "by_state": counts}
-
-
-def _name(names: tuple[str, ...], index: int) -> str:
-    return names[index] if 0 <= index < len(names) else f"unknown({index})"
 
 
 # --- everything -----------------------------------------------------------------------------

@@ -76,6 +76,15 @@ DOMAIN_STATES = (
 ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "pmsuspended")
 
 
+# libvirt's virStoragePoolState codes by index.
+POOL_STATES = ("inactive", "building", "running", "degraded", "inaccessible")
+
+
+def pool_state_name(code: int) -> str:
+    """The name of a virStoragePoolState code (``unknown(N)`` for codes newer than this table)."""
+    return POOL_STATES[code] if 0 <= code < len(POOL_STATES) else f"unknown({code})"
+
+
 def state_name(code: int) -> str:
     """The name of a virDomainState code (``nostate`` for codes newer than this table)."""
     return DOMAIN_STATES[code] if 0 <= code < len(DOMAIN_STATES) else "nostate"

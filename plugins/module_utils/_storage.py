@@ -17,7 +17,7 @@ from typing import Any
 from . import _xml
 from ._diff import DifferenceTracker
 from ._errors import KvmValidationError, from_libvirt
-from ._libvirt import libvirt, lookup_or_none
+from ._libvirt import libvirt, lookup_or_none, pool_state_name
 
 POOL_TYPES = ("dir", "fs", "netfs", "logical", "rbd")
 # Pool types whose volumes are files in a directory that libvirt manages (sparse files work).
@@ -27,7 +27,6 @@ POOL_SOURCE_FORMATS = {
     "netfs": ("auto", "nfs", "glusterfs", "cifs"),
     "logical": ("auto", "lvm2"),
 }
-POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
 VOLUME_TYPES = {0: "file", 1: "block", 2: "dir", 3: "network", 4: "netdir", 5: "ploop"}
 SECTOR = 512
 
@@ -225,7 +224,7 @@ def pool_view(pool) -> dict[str, Any]:
         "type": spec.type,
         "target": spec.target,
         "source": pool_source_view(spec.source),
-        "state": POOL_STATES.get(state, str(state)),
+        "state": pool_state_name(state),
         "active": active,
         "autostart": bool(pool.autostart()),
         "persistent": bool(pool.isPersistent()),

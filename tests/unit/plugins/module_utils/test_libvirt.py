@@ -13,6 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     libvirt,
     lookup_domain,
     lookup_or_none,
+    pool_state_name,
     run_state,
     state_name,
 )
@@ -55,6 +56,18 @@ def test_state_names_follow_libvirt_codes():
     assert run_state(libvirt.VIR_DOMAIN_BLOCKED) == "running"
     assert run_state(libvirt.VIR_DOMAIN_SHUTOFF) == "shutoff"
     assert state_name(99) == run_state(-1) == "nostate"
+
+
+def test_pool_state_names_follow_libvirt_codes():
+    codes = {
+        libvirt.VIR_STORAGE_POOL_INACTIVE: "inactive",
+        libvirt.VIR_STORAGE_POOL_BUILDING: "building",
+        libvirt.VIR_STORAGE_POOL_RUNNING: "running",
+        libvirt.VIR_STORAGE_POOL_DEGRADED: "degraded",
+        libvirt.VIR_STORAGE_POOL_INACCESSIBLE: "inaccessible",
+    }
+    assert {code: pool_state_name(code) for code in codes} == codes
+    assert pool_state_name(len(codes)) == f"unknown({len(codes)})"
 
 
 def test_lookup_domain_and_state():
