@@ -16,7 +16,7 @@ from ansible_collections.virtops.kvm.plugins.modules import domain as domain_mod
 from ansible_collections.virtops.kvm.plugins.modules import network as network_module
 from ansible_collections.virtops.kvm.plugins.modules import pool as pool_module
 from tests.helpers import failed, free_subnet
-from tests.unit.conftest import run_module
+from tests.module_runner import run_module
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     KvmValidationError,
     from_libvirt,
 )
-from tests.unit.ansible_compat import keep_tracebacks, patch_module_args
+from tests.module_runner import keep_tracebacks, patch_module_args
 
 TEST_URI = "test:///default"
 

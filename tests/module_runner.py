@@ -1,4 +1,6 @@
-"""What the unit tests need from ansible-core, on every version requires_ansible allows (2.16+).
+"""Running a module's ``main()`` in-process, on every ansible-core requires_ansible allows (2.16+).
+
+Used by the unit tests and by integration tests that interleave two module runs.
 
 ansible-core 2.19 has ``ansible.module_utils.testing.patch_module_args`` and decides in
 ``_traceback`` whether ``fail_json`` keeps a traceback; older versions read the module's
@@ -7,9 +9,12 @@ arguments from ``basic._ANSIBLE_ARGS`` and always keep the ``exception`` given t
 
 from __future__ import annotations
 
+import io
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Any
+
+import pytest
 
 try:
     from ansible.module_utils.testing import patch_module_args
@@ -35,4 +40,19 @@ def keep_tracebacks(monkeypatch) -> None:
     monkeypatch.setattr(_traceback, "_is_traceback_enabled", lambda event: True)
 
 
-__all__ = ["keep_tracebacks", "patch_module_args"]
+def run_module(
+    module, args: dict[str, Any], *, check_mode: bool = False, diff: bool = False
+) -> dict[str, Any]:
+    """Run ``module.main()`` with ``args``; return its JSON result (``failed`` set on failure)."""
+    args = dict(args)
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    if diff:
+        args["_ansible_diff"] = True
+    out = io.StringIO()
+    with patch_module_args(args), redirect_stdout(out), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(out.getvalue())
+
+
+__all__ = ["keep_tracebacks", "patch_module_args", "run_module"]
