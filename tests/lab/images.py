@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 try:
-    import ansible_collections.virtops.kvm  # noqa: F401
+    import ansible_collections.virtops.kvm  # noqa: F401  # pylint: disable=unused-import
 except ImportError:  # python -m tests.lab.images: the link scripts/setup.sh makes, as pytest.ini
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
