@@ -186,6 +186,19 @@ def test_bad_input_fails_before_anything_changes(conn, lab, name_prefix):
     run = run_playbook(lab["tmp"], plays=role_play(lab, [bad_option]))
     assert run.rc != 0 and "only options of virtops.kvm.domain (not mashine)" in run.stdout
 
+    # argument_specs: an image volume needs its pool; one image source only
+    for image, says in (
+        ({"volume": "base.qcow2"}, "missing parameter(s) required by 'volume': pool"),
+        ({"url": "http://198.18.0.1/x.qcow2", "path": "/x.qcow2"}, "mutually exclusive: url|path"),
+    ):
+        run = run_playbook(
+            lab["tmp"], plays=role_play(lab, [{"name": f"{name_prefix}-e", "image": image}])
+        )
+        assert run.rc != 0
+        (failure,) = [e for e in run.results if e["status"] == "failed"]
+        assert failure["task"].startswith("virtops.kvm.guest : Validating arguments")
+        assert says in failure["result"]["msg"]
+
     assert not [d for d in conn.listAllDomains(0) if d.name().startswith(name_prefix)]
     assert conn.storagePoolLookupByName(lab["pool"]).numOfVolumes() == 0
 

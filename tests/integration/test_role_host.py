@@ -259,3 +259,60 @@ def test_tls_defaults_in_check_mode(tmp_path):
         "O=virtops.kvm,OU=hosts,CN=*",
         "O=virtops.kvm,OU=admins,CN=alice",
     ]
+
+
+def _this_machine_play(tmp_path, **variables) -> dict:
+    return {
+        "name": "this machine, check mode",
+        "hosts": "localhost",
+        "gather_facts": True,
+        "vars": {
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "host_tls_pki_dir": str(tmp_path / "pki"),
+            "host_libvirt_restart_on_change": False,
+            **variables,
+        },
+        "roles": ["virtops.kvm.host"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "refused"),
+    [
+        ({"mode": "nat", "bogus": 1}, "bogus"),  # not an option of virtops.kvm.network
+        ({"name": "other"}, "name"),  # the role names the network itself
+    ],
+)
+def test_default_network_spec_takes_only_the_modules_options(tmp_path, spec, refused):
+    before = _snapshot(WATCHED)
+    play = _this_machine_play(
+        tmp_path, host_libvirt_default_network="replace", host_libvirt_default_network_spec=spec
+    )
+    run = run_playbook(tmp_path, plays=[play], check=True)
+    assert run.rc != 0
+    (failure,) = [e for e in run.results if e["status"] == "failed"]
+    assert failure["task"].startswith("virtops.kvm.host : Validating arguments against arg spec")
+    assert failure["result"]["msg"].startswith(
+        "Validation of arguments failed:\n"
+        f"host_libvirt_default_network_spec.{refused}. Supported parameters include: addresses,"
+    )
+    assert _snapshot(WATCHED) == before
+
+
+def test_each_problem_of_a_bridge_is_named_before_anything_changes(tmp_path):
+    before = _snapshot(WATCHED)
+    bridge = {"name": "br-name-too-long-x", "address": "10.0.0.1", "interface": "nosuchnic9"}
+    play = _this_machine_play(tmp_path, host_bridges=[bridge])
+    run = run_playbook(tmp_path, plays=[play], check=True)
+    assert run.rc != 0
+    (failure,) = [e for e in run.results if e["status"] == "failed"]
+    assert failure["task"] == "virtops.kvm.host : Check the bridge definitions"
+    for problem in (
+        "Bridge br-name-too-long-x:",
+        'the name takes 1 to 15 letters, digits, ".", "_" or "-"',
+        "the address is inherit, dhcp, none or A.B.C.D/N, not 10.0.0.1",
+        "this host has no interface nosuchnic9",
+    ):
+        assert problem in run.stdout
+    assert not [e["task"] for e in run.results if e["result"].get("changed")]
+    assert _snapshot(WATCHED) == before
