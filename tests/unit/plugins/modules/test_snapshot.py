@@ -15,7 +15,7 @@ import pytest
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule
 from ansible_collections.virtops.kvm.plugins.modules import snapshot, snapshot_info
 
-libvirt = pytest.importorskip("libvirt")
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is needed for the test driver")
 
 URI = "test:///default"
 
