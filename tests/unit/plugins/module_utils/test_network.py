@@ -11,6 +11,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._network import (
     attached_guests,
     info,
 )
+from devtools.libvirt_cleanup import remove_network
 
 
 class FakeHost:
@@ -38,13 +39,8 @@ def conn():
 
 def _cleanup(c):
     for net in c.listAllNetworks():
-        if net.name() == "default":
-            continue
-        persistent = net.isPersistent()
-        if net.isActive():
-            net.destroy()
-        if persistent:
-            net.undefine()
+        if net.name() != "default":
+            remove_network(c, net.name())
 
 
 BASE = {
