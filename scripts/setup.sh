@@ -56,7 +56,8 @@ if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
     PYTHON=/usr/bin/python3
 fi
-# make_venv DIR REQUIREMENTS...: (re)build DIR when the pinned files it is made from change.
+# make_venv DIR REQUIREMENTS [CONSTRAINTS]: (re)build DIR when the pinned files it is made from
+# change.
 make_venv() {
     local venv=$1 stamp want
     shift
