@@ -28,6 +28,9 @@ DEB_PACKAGES=(
     lvm2
     # role host molecule scenarios: package cache for the guests
     apt-cacher-ng
+    # role cluster and its lab tests: Corosync, Pacemaker, their tools, agents (VirtualDomain,
+    # fence_*); the lab's cluster nodes run them in namespaces
+    pacemaker corosync pacemaker-cli-utils resource-agents fence-agents crmsh
 )
 
 log() { printf '\n==> %s\n' "$*"; }
