@@ -3,8 +3,8 @@
 Host N (1, 2, 3...) is:
 
 - a network namespace ``vtlab-hN`` whose ``eth0`` (a veth) is plugged into the bridge
-  ``vtlab-br0`` (198.18.0.1/24) of the root namespace, with address ``198.18.0.1N``
-  (no default route: lab traffic stays on the bridge);
+  ``vtlab-br0`` (198.18.0.1/24) of the root namespace, with address ``198.18.0.<10+N>``
+  (198.18.0.11 for host 1; no default route: lab traffic stays on the bridge);
 - a holder process (``sleep``) that owns a private mount namespace and UTS namespace
   (hostname ``vtlab-hN``, /etc/hosts naming every lab host) entered through that netns, with
   private directories bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt (a
@@ -12,7 +12,11 @@ Host N (1, 2, 3...) is:
   ``auth_tcp = "none"``: test hosts only), /var/log/libvirt, /var/cache/libvirt and /etc/pki
   (each host's own keys and certificates);
 - its own ``virtlogd`` and ``libvirtd --listen``, reachable from the root namespace as
-  ``qemu+tcp://198.18.0.1N/system``.
+  ``qemu+tcp://198.18.0.<10+N>/system``.
+
+Up to ``MAX_HOSTS`` hosts (a fleet for the inventory benchmarks). ``BLACKHOLE_ADDRESS`` is an
+address on the bridge that swallows every packet (a permanent neighbour entry with a MAC no
+port has): a hypervisor that has gone silent, for connect timeouts.
 
 The image cache and ``$VIRTOPS_LAB_DIR`` (default /var/tmp/virtops-lab) are not hidden by
 the private mounts, so every host sees the same guest files there (shared storage).
@@ -50,6 +54,9 @@ BRIDGE = "vtlab-br0"
 NETNS_PREFIX = "vtlab-h"
 SUBNET = "198.18.0"
 BRIDGE_ADDRESS = f"{SUBNET}.1"
+BLACKHOLE_ADDRESS = f"{SUBNET}.254"
+BLACKHOLE_MAC = "02:00:00:00:00:fe"  # locally administered: no NIC of the lab has it
+MAX_HOSTS = 40
 PRIVATE_DIRS = {
     "run": "/run/libvirt",
     "lib": "/var/lib/libvirt",
@@ -87,13 +94,16 @@ def hosts_dir() -> Path:
 def path_on_host(uri: str | None, path: Path) -> Path:
     """Where ``path`` (under a host-private directory) of the host at ``uri`` is seen from here.
 
-    Only lab hosts (``qemu+tcp://198.18.0.1N/system``) have private directories; for any other
-    URI the path is returned as it is.
+    Only lab hosts (``qemu+tcp://198.18.0.<10+N>/system``) have private directories; for any
+    other URI the path is returned as it is.
     """
-    prefix = f"qemu+tcp://{SUBNET}.1"
+    prefix = f"qemu+tcp://{SUBNET}."
     if not uri or not uri.startswith(prefix):
         return path
-    index = uri[len(prefix) :].split("/")[0]
+    octet = uri[len(prefix) :].split("/")[0]
+    if not octet.isdigit() or not 1 <= int(octet) - 10 <= MAX_HOSTS:
+        return path
+    index = int(octet) - 10
     for sub, target in PRIVATE_DIRS.items():
         if path.is_relative_to(target):
             return hosts_dir() / f"h{index}" / sub / path.relative_to(target)
@@ -251,6 +261,8 @@ def _ensure_bridge() -> None:
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
+    neighbour = ["lladdr", BLACKHOLE_MAC, "dev", BRIDGE, "nud", "permanent"]
+    _run(["ip", "neigh", "replace", BLACKHOLE_ADDRESS, *neighbour])
 
 
 def _override_conf(path: Path, title: str, settings: dict[str, str]) -> None:
@@ -418,12 +430,12 @@ def reconfigured(host: LabHost, title: str, libvirtd: dict[str, str], qemu: dict
 
 def up(count: int = 2, owner: str = "cli") -> Lab:
     """Clean leftovers of earlier runs, then start ``count`` lab hosts (lock held by caller)."""
-    if not 1 <= count <= 9:
-        raise ValueError("1 to 9 lab hosts")
+    if not 1 <= count <= MAX_HOSTS:
+        raise ValueError(f"1 to {MAX_HOSTS} lab hosts")
     cleanup()
     base = hosts_dir()
     hosts = [
-        LabHost(i, f"{NETNS_PREFIX}{i}", f"{SUBNET}.1{i}", str(base / f"h{i}"))
+        LabHost(i, f"{NETNS_PREFIX}{i}", f"{SUBNET}.{10 + i}", str(base / f"h{i}"))
         for i in range(1, count + 1)
     ]
     lab = Lab(hosts, owner)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from tests.lab.hosts import path_on_host
+from tests.lab.hosts import BLACKHOLE_ADDRESS, path_on_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.multihost]
 
@@ -18,7 +18,7 @@ def host_uuid(conn) -> str:
 
 def test_three_hosts_are_separate_daemons(lab_hosts_factory, libvirt_conn):
     lab = lab_hosts_factory(3)
-    assert [h.uri for h in lab.hosts] == [f"qemu+tcp://198.18.0.1{i}/system" for i in (1, 2, 3)]
+    assert [h.uri for h in lab.hosts] == [f"qemu+tcp://198.18.0.{10 + i}/system" for i in (1, 2, 3)]
     uuids = {host_uuid(libvirt_conn)}
     for host in lab.hosts:
         conn = host.connect()
@@ -36,3 +36,4 @@ def test_private_paths_map_to_the_host_directories(lab_hosts):
     sock = Path("/run/virtops-lab/x.sock")
     assert path_on_host(host.uri, sock) == Path(host.dir) / "vtrun" / "x.sock"
     assert path_on_host("qemu:///system", sock) == sock
+    assert path_on_host(f"qemu+tcp://{BLACKHOLE_ADDRESS}/system", sock) == sock  # no host
