@@ -17,6 +17,8 @@ description:
   - Groups per tag (C(tag_<tag>)), per run state (C(state_<state>)) and per hypervisor
     (C(hypervisor_<host name>)) unless O(default_groups=false); O(compose), O(groups) and
     O(keyed_groups) work as in other inventory plugins, on the C(libvirt_*) host variables.
+  - Hypervisors are read concurrently (O(max_workers) at a time); hosts, groups and
+    variables come out in the order of O(uris), as a read one after another would give them.
   - Per hypervisor one connection and bulk calls - C(getAllDomainStats), filtered
     C(listAllDomains) and one C(DHCPLeases) per network - plus one definition read per guest
     and, for running guests, a guest agent query where its channel is connected (and an ARP
@@ -44,13 +46,38 @@ options:
     elements: str
     default: [qemu:///system]
   connect_timeout:
-    description: Seconds to keep retrying a hypervisor whose libvirt daemon is not answering yet.
+    description:
+      - Seconds a hypervisor has to accept the connection. Attempts are retried while its
+        libvirt daemon is not answering yet; a hypervisor still not connected after this
+        long (at least 5 seconds, so that one attempt over SSH has time) is unreachable,
+        also when it drops packets and the TCP connect itself would wait minutes.
     type: int
     default: 10
+  max_workers:
+    description:
+      - How many hypervisors are read at the same time. The whole read then costs about as
+        much as the slowest hypervisor instead of the sum of all of them. V(1) reads them
+        one after another.
+      - Each read holds one libvirt connection (over SSH, one C(ssh) process) while it runs.
+    type: int
+    default: 10
+  keepalive_interval:
+    description:
+      - Seconds between libvirt keepalive messages on each connection. A hypervisor that
+        stops answering in the middle of the read is dropped after
+        O(keepalive_interval) * (O(keepalive_count) + 1) seconds (as unreachable, see
+        O(skip_unreachable)). V(0) turns keepalive off (a call to a silent hypervisor then
+        waits as long as TCP does).
+    type: int
+    default: 5
+  keepalive_count:
+    description: Keepalive messages without an answer after which a connection is closed.
+    type: int
+    default: 5
   skip_unreachable:
     description:
-      - Warn about a hypervisor that cannot be reached and list the others, instead of
-        failing.
+      - Warn about a hypervisor that cannot be reached (or stops answering while it is
+        read) and list the others, instead of failing.
     type: bool
     default: false
   readonly:
@@ -141,7 +168,12 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructa
 
 try:
     from ansible_collections.virtops.kvm.plugins.module_utils._client import open_connection
-    from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, from_libvirt
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import from_libvirt
+    from ansible_collections.virtops.kvm.plugins.module_utils._fleet import (
+        ensure_event_loop,
+        read_many,
+        set_keepalive,
+    )
     from ansible_collections.virtops.kvm.plugins.module_utils._inventory import (
         pick_address,
         read_hypervisor,
@@ -155,6 +187,8 @@ except ImportError as exc:  # lxml missing: the plugin says so when used
     LIBVIRT_IMPORT_ERROR = f"{exc}\n{traceback.format_exc()}"
 
 PREFIX = "libvirt_"
+# One connection attempt over SSH (TCP, key exchange, authentication) may take seconds.
+MIN_CONNECT_SECONDS = 5
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -193,23 +227,41 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         sources = self.get_option("address_sources")
         if not sources:
             raise AnsibleParserError("address_sources must name at least one source")
-        result = []
-        for uri in self.get_option("uris"):
-            try:
-                result.append(self._read_one(uri, sources))
-            except KvmError as exc:
-                if not self.get_option("skip_unreachable"):
-                    raise AnsibleError(f"virtops.kvm.libvirt: {exc.msg}") from exc
-                self.display.warning(f"virtops.kvm.libvirt: skipping {uri}: {exc.msg}")
-        return result
+        workers = self.get_option("max_workers")
+        if workers < 1:
+            raise AnsibleParserError("max_workers must be at least 1")
+        skip = self.get_option("skip_unreachable")
+        if self.get_option("keepalive_interval") > 0:
+            ensure_event_loop()
+        outcomes = read_many(
+            self.get_option("uris"),
+            lambda uri, connected: self._read_one(uri, sources, connected),
+            max_workers=workers,
+            connect_limit=max(self.get_option("connect_timeout"), MIN_CONNECT_SECONDS),
+            stop_on_error=not skip,
+        )
+        errors = [o for o in outcomes if o.error is not None]
+        if errors and not skip:
+            raise AnsibleError(
+                "virtops.kvm.libvirt: " + "; ".join(o.error.msg for o in errors)
+            ) from errors[0].error
+        for outcome in errors:
+            self.display.warning(
+                f"virtops.kvm.libvirt: skipping {outcome.uri}: {outcome.error.msg}"
+            )
+        return [o.data for o in outcomes if o.error is None]
 
-    def _read_one(self, uri: str, sources: list[str]) -> dict[str, Any]:
+    def _read_one(self, uri: str, sources: list[str], connected) -> dict[str, Any]:
         conn = open_connection(
             uri,
             readonly=self.get_option("readonly"),
             timeout=self.get_option("connect_timeout"),
         )
         try:
+            set_keepalive(
+                conn, self.get_option("keepalive_interval"), self.get_option("keepalive_count")
+            )
+            connected()
             return read_hypervisor(
                 conn,
                 uri,

@@ -7,7 +7,7 @@ import secrets
 import libvirt
 import pytest
 import yaml
-from ansible.errors import AnsibleError
+from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins import loader as plugin_loader
@@ -269,3 +269,34 @@ def test_no_ipv4_no_address():
         None,
         None,
     )
+
+
+def test_concurrent_read_equals_one_after_another(plugin_class, tmp_path, conn):
+    web = conn.define(["fleet"], start=True)
+    db = conn.define(["fleet"])
+    config = {"uris": [TEST_URI] * 4, "tags": ["fleet"], "hostname": "uuid"}
+    one = run_plugin(plugin_class, tmp_path, {**config, "max_workers": 1})
+    many = run_plugin(plugin_class, tmp_path, {**config, "max_workers": 4})
+    assert (
+        sorted(many.hosts)
+        == sorted(one.hosts)
+        == sorted(conn.lookupByName(n).UUIDString() for n in (web, db))
+    )
+    for name in one.hosts:
+        assert many.get_host(name).vars == one.get_host(name).vars
+    assert sorted(many.groups) == sorted(one.groups)
+
+
+def test_max_workers_must_be_positive(plugin_class, tmp_path, conn):
+    with pytest.raises(AnsibleParserError, match="max_workers must be at least 1"):
+        run_plugin(plugin_class, tmp_path, {"uris": [TEST_URI], "max_workers": 0})
+
+
+def test_keepalive_off(plugin_class, tmp_path, conn):
+    web = conn.define(["nokeepalive"])
+    inv = run_plugin(
+        plugin_class,
+        tmp_path,
+        {"uris": [TEST_URI], "tags": ["nokeepalive"], "keepalive_interval": 0},
+    )
+    assert sorted(inv.hosts) == [web]
