@@ -5,12 +5,13 @@ Host N (1, 2, 3...) is:
 - a network namespace ``vtlab-hN`` whose ``eth0`` (a veth) is plugged into the bridge
   ``vtlab-br0`` (198.18.0.1/24) of the root namespace, with address ``198.18.0.<10+N>``
   (198.18.0.11 for host 1; no default route: lab traffic stays on the bridge);
-- a holder process (``sleep``) that owns a private mount namespace and UTS namespace
+- a holder process (``sleep``) that owns a private mount, UTS and IPC namespace
   (hostname ``vtlab-hN``, /etc/hosts naming every lab host) entered through that netns, with
-  private directories bind-mounted over /run/libvirt, /var/lib/libvirt, /etc/libvirt (a
-  copy of the machine's *.conf with its own ``host_uuid``, ``listen_tcp = 1``,
-  ``auth_tcp = "none"``: test hosts only), /var/log/libvirt, /var/cache/libvirt and /etc/pki
-  (each host's own keys and certificates);
+  fresh tmpfs on /run and /dev/shm and private directories bind-mounted over /run/libvirt,
+  /var/lib/libvirt, /etc/libvirt (a copy of the machine's *.conf with its own ``host_uuid``,
+  ``listen_tcp = 1``, ``auth_tcp = "none"``: test hosts only), /var/log/libvirt,
+  /var/cache/libvirt, /etc/pki (each host's own keys and certificates), and Corosync's and
+  Pacemaker's directories (tests/lab/cluster.py runs a cluster on the hosts);
 - its own ``virtlogd`` and ``libvirtd --listen``, reachable from the root namespace as
   ``qemu+tcp://198.18.0.<10+N>/system``.
 
@@ -35,6 +36,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -65,7 +67,23 @@ PRIVATE_DIRS = {
     "cache": "/var/cache/libvirt",
     "vtrun": "/run/virtops-lab",  # per-host unix sockets of lab guests (guests.py)
     "pki": "/etc/pki",  # per-host keys and certificates (test_tls.py)
+    # Corosync and Pacemaker (cluster nodes: tests/lab/cluster.py)
+    "coro-etc": "/etc/corosync",
+    "coro-lib": "/var/lib/corosync",
+    "coro-log": "/var/log/corosync",
+    "pcmk-lib": "/var/lib/pacemaker",
+    "pcmk-log": "/var/log/pacemaker",
 }
+# Copied from the machine with their owners and modes (files too, or only the directories).
+CLUSTER_DIRS = {
+    "coro-etc": True,
+    "coro-lib": False,
+    "coro-log": False,
+    "pcmk-lib": False,
+    "pcmk-log": False,
+}
+# Made on each host's own tmpfs /run, before the private /run/* directories are bound there.
+RUN_DIRS = {"crm": 0o750, "pacemaker": 0o750}
 COMMAND_SOCKET_DIR = Path(PRIVATE_DIRS["vtrun"])
 # Directories of /var/lib/libvirt that libvirtd expects, with Debian's owners and modes.
 LIB_SKELETON = {
@@ -83,6 +101,17 @@ LIB_SKELETON = {
     "qemu/snapshot": ("libvirt-qemu", 0o755),
 }
 START_TIMEOUT = 120
+# Corosync and Pacemaker's daemons (pacemakerd first: it respawns the others)
+CLUSTER_DAEMONS = (
+    "pacemakerd",
+    "pacemaker-controld",
+    "pacemaker-schedulerd",
+    "pacemaker-attrd",
+    "pacemaker-execd",
+    "pacemaker-fenced",
+    "pacemaker-based",
+    "corosync",
+)
 
 
 def hosts_dir() -> Path:
@@ -150,7 +179,7 @@ class LabHost:
 
     def nsenter(self, cmd: list[str]) -> list[str]:
         """``cmd`` prefixed to run inside this host's namespaces."""
-        return ["nsenter", "-t", str(self.holder_pid), "-m", "-n", "-u", "--", *cmd]
+        return ["nsenter", "-t", str(self.holder_pid), "-m", "-n", "-u", "-i", "--", *cmd]
 
 
 @dataclass
@@ -277,12 +306,32 @@ def _override_conf(path: Path, title: str, settings: dict[str, str]) -> None:
     path.write_text(keys.sub(r"#\1", text) + f"\n# {title}\n" + ours)
 
 
+def _copy_owned(src: Path, dst: Path, files: bool) -> None:
+    """Copy the tree ``src`` to the existing ``dst`` with owners and modes (only its
+    directories unless ``files``): Corosync's and Pacemaker's directories as the packages
+    made them (hacluster:haclient), without the machine's own state."""
+    for path in [src, *sorted(src.rglob("*"))]:
+        target = dst / path.relative_to(src)
+        if path.is_dir() and not path.is_symlink():
+            target.mkdir(exist_ok=True)
+        elif files and path.is_file() and not path.is_symlink():
+            shutil.copy2(path, target)
+        else:
+            continue
+        st = path.stat()
+        os.chown(target, st.st_uid, st.st_gid)
+        target.chmod(st.st_mode & 0o7777)
+
+
 def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
     base = Path(host.dir)
     shutil.rmtree(base, ignore_errors=True)
     for sub in PRIVATE_DIRS:
         (base / sub).mkdir(parents=True)
     base.chmod(0o755)
+    for sub, files in CLUSTER_DIRS.items():
+        if Path(PRIVATE_DIRS[sub]).is_dir():  # Corosync and Pacemaker installed
+            _copy_owned(Path(PRIVATE_DIRS[sub]), base / sub, files)
     # /etc/libvirt: the machine's *.conf and nwfilter, no domains, networks or pools of its own
     etc = base / "etc"
     for conf in Path("/etc/libvirt").glob("*.conf"):
@@ -318,7 +367,9 @@ def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
     (base / "vtrun").chmod(0o755)
     (base / "pki").chmod(0o755)
     COMMAND_SOCKET_DIR.mkdir(mode=0o755, exist_ok=True)  # the mount point
-    Path(PRIVATE_DIRS["pki"]).mkdir(mode=0o755, exist_ok=True)  # the mount point
+    for target in PRIVATE_DIRS.values():  # mount points; those in /run are made on its tmpfs
+        if not target.startswith("/run/"):
+            Path(target).mkdir(mode=0o755, parents=True, exist_ok=True)
     (base / "log" / "qemu").mkdir()
     # a warm capabilities cache spares each daemon its QEMU probes
     if Path("/var/cache/libvirt/qemu/capabilities").is_dir():
@@ -327,6 +378,37 @@ def _prepare_dirs(host: LabHost, all_hosts: list[LabHost]) -> None:
     hosts = ["127.0.0.1 localhost", f"{BRIDGE_ADDRESS} vtlab-root"]
     hosts += [f"{h.address} {h.name}" for h in all_hosts]
     (base / "hosts").write_text("\n".join(hosts) + "\n")
+
+
+def _fresh_run_script(base: Path, only_run: bool = False) -> str:
+    """Shell commands that give a host new, empty /run and /dev/shm (as after a boot: the
+    cluster daemons keep their runtime state and IPC there), then bind its private
+    directories (those in /run after the tmpfs is mounted; only those if ``only_run``)."""
+    steps = [
+        "mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run",
+        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm",
+        "mkdir -m 1777 /run/lock",
+    ]
+    steps += [f"mkdir {t}" for t in PRIVATE_DIRS.values() if t.startswith("/run/")]
+    if _cluster_user_exists():
+        steps += [
+            f"install -d -o hacluster -g haclient -m {mode:o} /run/{name}"
+            for name, mode in RUN_DIRS.items()
+        ]
+    steps += [
+        f"mount --bind {base / sub} {target}"
+        for sub, target in PRIVATE_DIRS.items()
+        if target.startswith("/run/") or not only_run
+    ]
+    return " && ".join(steps)
+
+
+def _cluster_user_exists() -> bool:
+    try:
+        pwd.getpwnam("hacluster")
+    except KeyError:
+        return False
+    return True
 
 
 def _start_host(host: LabHost, all_hosts: list[LabHost]) -> None:
@@ -344,16 +426,13 @@ def _start_host(host: LabHost, all_hosts: list[LabHost]) -> None:
     _run([*in_ns, "ip", "link", "set", "eth0", "up"])
     _run([*in_ns, "ip", "link", "set", "lo", "up"])
 
-    mounts = " && ".join(
-        f"mount --bind {base / sub} {target}" for sub, target in PRIVATE_DIRS.items()
-    )
     script = (
-        f"{mounts} && mount --bind {base / 'hosts'} /etc/hosts && hostname {ns} "
-        "&& echo ready && exec sleep infinity"
+        f"{_fresh_run_script(base)} && mount --bind {base / 'hosts'} /etc/hosts "
+        f"&& hostname {ns} && echo ready && exec sleep infinity"
     )
     # ip netns exec and unshare exec in place: the holder keeps the PID of this Popen
     holder = subprocess.Popen(
-        [*in_ns, "unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script],
+        [*in_ns, "unshare", "-m", "-u", "-i", "--propagation", "private", "sh", "-c", script],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -366,8 +445,12 @@ def _start_host(host: LabHost, all_hosts: list[LabHost]) -> None:
     holder.stdout.close()
     holder.stderr.close()
     host.holder_pid = holder.pid
+    _start_daemons(host)
+
+
+def _start_daemons(host: LabHost) -> None:
     for daemon, args in (("virtlogd", ["-d"]), ("libvirtd", ["-d", "--listen"])):
-        pidfile = base / f"{daemon}.pid"
+        pidfile = Path(host.dir) / f"{daemon}.pid"
         _run(host.nsenter([daemon, *args, "-p", str(pidfile)]))
         _wait_pidfile(pidfile)
         host.pidfiles[daemon] = str(pidfile)
@@ -473,6 +556,21 @@ def _destroy_guests(host: LabHost) -> None:
         conn.close()
 
 
+def node_processes(host: LabHost, names: tuple[str, ...] | None = None) -> list[int]:
+    """PIDs of the processes in ``host``'s network namespace but its holder (there is no PID
+    namespace: this is what belongs to the host), only those whose program is one of
+    ``names`` if given."""
+    if not host.name.startswith(NETNS_PREFIX):
+        raise ValueError(f"{host.name} is not a lab namespace")
+    pids = _run(["ip", "netns", "pids", host.name], check=False).stdout.split()
+    found = []
+    for pid in map(int, pids):
+        argv0 = _cmdline(pid).split(" ")[0]
+        if pid != host.holder_pid and (names is None or Path(argv0).name in names):
+            found.append(pid)
+    return found
+
+
 def _stop_netns_processes(netns: str, keep: int = 0) -> None:
     """Stop the processes in network namespace ``netns`` (a lab namespace: ours)."""
     if not netns.startswith(NETNS_PREFIX):
@@ -488,6 +586,11 @@ def down(lab: Lab | None = None) -> None:
     lab = lab or Lab.load()
     if lab is None:
         return
+    # the cluster stack of every host first, so that no Pacemaker restarts a guest elsewhere
+    for host in lab.hosts:
+        for pid in node_processes(host, CLUSTER_DAEMONS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     for host in lab.hosts:
         if host.holder_pid and _alive(host.holder_pid):
             _destroy_guests(host)

@@ -11,7 +11,7 @@ name: virtops_lab_nsenter
 short_description: run commands in a virtops lab host's namespaces (tests only)
 description:
   - The local connection, with every command run through
-    C(nsenter -t PID -m -n -u) of the lab host's namespace holder. Files are put and
+    C(nsenter -t PID -m -n -u -i) of the lab host's namespace holder. Files are put and
     fetched on this machine, whose temporary directories the lab hosts share.
 options:
   holder_pid:
@@ -38,5 +38,5 @@ class Connection(LocalConnection):
 
     def exec_command(self, cmd, in_data=None, sudoable=True):
         pid = int(self.get_option("holder_pid"))
-        wrapped = f"nsenter -t {pid} -m -n -u -- /bin/sh -c {shlex.quote(cmd)}"
+        wrapped = f"nsenter -t {pid} -m -n -u -i -- /bin/sh -c {shlex.quote(cmd)}"
         return super().exec_command(wrapped, in_data=in_data, sudoable=sudoable)
