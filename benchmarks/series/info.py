@@ -26,6 +26,8 @@ from typing import Any
 
 import libvirt
 
+from tests.lab.guests import defined_only_xml
+
 from ..common import (
     LOCAL_CALLS,
     OUR_VENV,
@@ -120,15 +122,6 @@ def _domain_info_class():
     return DomainInfo
 
 
-def guest_xml(name: str) -> str:
-    return (
-        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>16</memory>"
-        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-        "<devices><controller type='usb' model='none'/><memballoon model='none'/></devices>"
-        "</domain>"
-    )
-
-
 def run(results: Results, *, counts: list[int], reps: int, uri: str = SYSTEM_URI) -> None:
     domain_info = _domain_info_class()
     conn = libvirt.open(uri)
@@ -139,7 +132,7 @@ def run(results: Results, *, counts: list[int], reps: int, uri: str = SYSTEM_URI
             for n in sorted(counts):
                 started = time.monotonic()
                 while defined < n:
-                    conn.defineXML(guest_xml(f"{prefix}-{defined:04d}"))
+                    conn.defineXML(defined_only_xml(f"{prefix}-{defined:04d}"))
                     defined += 1
                 log(f"info: {defined} guests defined ({time.monotonic() - started:.1f} s)")
                 total = len(conn.listAllDomains(0))

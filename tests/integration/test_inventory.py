@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import libvirt
@@ -20,7 +21,10 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain_general import
     NS_PREFIX,
     NS_VIRTOPS,
 )
+from devtools.libvirt_cleanup import remove_domain
 from tests.helpers import VENV_BIN, checkout_env
+from tests.lab import fleet
+from tests.lab.hosts import BLACKHOLE_ADDRESS
 
 
 def set_tags(dom, tags: list[str]) -> None:
@@ -155,3 +159,61 @@ def test_unreachable_hypervisor(tmp_path, libvirt_conn, tiny_guest, name_prefix)
     assert f"skipping {bad}" in skipped.stderr
     groups = graph_groups(skipped.stdout)
     assert groups[f"hypervisor_{libvirt_conn.getHostname()}"] == [guest.name]
+
+
+def ours(listing: subprocess.CompletedProcess, prefix: str) -> tuple[dict, dict]:
+    """hostvars and group members of ``--list`` output, for the guests named ``prefix``*."""
+    assert listing.returncode == 0, listing.stderr
+    data = plain(json.loads(listing.stdout))
+    hostvars = {k: v for k, v in data["_meta"]["hostvars"].items() if k.startswith(prefix)}
+    groups = {
+        name: sorted(h for h in group.get("hosts", []) if h.startswith(prefix))
+        for name, group in data.items()
+        if name != "_meta"
+    }
+    return hostvars, {k: v for k, v in groups.items() if v}
+
+
+@pytest.mark.lab
+@pytest.mark.multihost
+def test_fleet_read_concurrently_and_a_silent_hypervisor(tmp_path, lab_hosts, name_prefix):
+    try:
+        defined = fleet.populate(lab_hosts, 3, prefix=name_prefix)
+        config = {"uris": lab_hosts.uris, "connect_timeout": 2}
+        one_by_one = ours(inventory(tmp_path, {**config, "max_workers": 1}, "--list"), name_prefix)
+        side_by_side = ours(
+            inventory(tmp_path, {**config, "max_workers": 8}, "--list"), name_prefix
+        )
+        assert side_by_side == one_by_one
+        hostvars, groups = side_by_side
+        assert sorted(hostvars) == sorted(n for names in defined.values() for n in names)
+        for host in lab_hosts.hosts:
+            group = f"hypervisor_{host.name}".replace("-", "_")  # as Ansible sanitizes it
+            assert groups[group] == defined[host.uri]
+            for name in defined[host.uri]:
+                assert hostvars[name]["libvirt_uri"] == host.uri
+
+        # a hypervisor that drops every packet: given up after the connect limit (5 s at
+        # least), while the kernel's TCP connect alone would wait about two minutes
+        silent = f"qemu+tcp://{BLACKHOLE_ADDRESS}/system"
+        uris = [lab_hosts.uris[0], silent, *lab_hosts.uris[1:]]
+        started = time.monotonic()
+        skipped = inventory(tmp_path, {**config, "uris": uris, "skip_unreachable": True}, "--list")
+        took = time.monotonic() - started
+        assert f"skipping {silent}: {silent} did not answer within 5 s" in skipped.stderr
+        assert ours(skipped, name_prefix) == side_by_side
+        assert took < 60, f"the silent hypervisor cost {took:.0f} s"
+
+        failed = inventory(tmp_path, {**config, "uris": uris}, "--list")
+        assert f"{silent} did not answer within 5 s" in failed.stderr
+        assert "Unable to parse" in failed.stderr
+        assert not ours(failed, name_prefix)[0]
+    finally:
+        for host in lab_hosts.hosts:
+            conn = host.connect()
+            try:
+                for dom in conn.listAllDomains():
+                    if dom.name().startswith(name_prefix):
+                        remove_domain(dom)
+            finally:
+                conn.close()

@@ -195,6 +195,16 @@ def own_boot_files(gdir: Path, image) -> tuple[Path, Path]:
     return copies[0], copies[1]
 
 
+def defined_only_xml(name: str) -> str:
+    """A guest that is only ever defined, never started (16 MiB, no disk): listing load."""
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>16</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
+        "<devices><controller type='usb' model='none'/><memballoon model='none'/></devices>"
+        "</domain>"
+    )
+
+
 def tiny_domain_xml(
     name: str,
     image: TinyImage,

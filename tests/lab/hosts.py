@@ -290,6 +290,14 @@ def _ensure_bridge() -> None:
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
+
+
+def _ensure_blackhole() -> None:
+    """The permanent neighbour entry of BLACKHOLE_ADDRESS: frames to a MAC that no port has.
+
+    Made once the hosts' ports are on the bridge: the kernel flushes a bridge's neighbours,
+    permanent ones too, when its carrier changes (as the first port comes up).
+    """
     neighbour = ["lladdr", BLACKHOLE_MAC, "dev", BRIDGE, "nud", "permanent"]
     _run(["ip", "neigh", "replace", BLACKHOLE_ADDRESS, *neighbour])
 
@@ -530,6 +538,7 @@ def up(count: int = 2, owner: str = "cli") -> Lab:
             lab.save()
         for host in hosts:
             _wait_answering(host)
+        _ensure_blackhole()
     except BaseException:
         down(lab)
         raise
