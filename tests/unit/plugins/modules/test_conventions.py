@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _client
+from tests.pacemaker_cib import TOOLS_MISSING, make_cib
 
 ROOT = Path(__file__).resolve().parents[4]
 MODULES = sorted(p.stem for p in (ROOT / "plugins" / "modules").glob("*.py"))
@@ -60,7 +61,12 @@ def test_attributes_come_from_the_fragments(name):
         assert fragments == []
         assert set(attributes) == {"check_mode", "diff_mode", "idempotent"}
         return
-    assert "virtops.kvm.connection" in fragments
+    if name in NO_LIBVIRT:  # outside the action group: says so over the fragment's entry
+        attributes = yaml.safe_load(_load(name).DOCUMENTATION)["attributes"]
+        assert attributes["action_group"]["support"] == "none"
+        assert "virtops.kvm.connection" not in fragments
+    else:
+        assert "virtops.kvm.connection" in fragments
     kind = "info_module" if name.endswith("_info") or name == "tuning_plan" else "actions"
     assert "virtops.kvm.attributes" in fragments
     assert [f for f in fragments if f.startswith("virtops.kvm.attributes.")] == [
@@ -68,9 +74,13 @@ def test_attributes_come_from_the_fragments(name):
     ]
 
 
+# Modules that run Pacemaker's tools and never connect to libvirt (no uri option).
+NO_LIBVIRT = {"cluster_info"}
+
 # The _info modules: the result key each returns, the options a call needs on the test
-# driver, and whether it connects read-only.
+# driver, and whether it connects read-only (None: it opens no libvirt connection).
 INFO = {
+    "cluster_info": ("cluster", {}, None),
     "domain_info": ("guests", {}, False),  # guest agent queries need read-write
     "host_info": ("host", {}, False),  # domain capabilities need read-write
     "network_info": ("networks", {}, True),
@@ -99,13 +109,19 @@ def connections(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(INFO))
-def test_info_module_shape(name, module_runner, connections):
+def test_info_module_shape(name, module_runner, connections, tmp_path, monkeypatch):
     key, args, readonly = INFO[name]
-    result = module_runner(_load(name), {"uri": TEST_URI, **args})
+    if readonly is None:
+        if TOOLS_MISSING:
+            pytest.skip("Pacemaker's tools are not installed")
+        monkeypatch.setenv("CIB_file", str(make_cib(tmp_path / "cib.xml").path))
+    else:
+        args = {"uri": TEST_URI, **args}
+    result = module_runner(_load(name), args)
     assert result.get("failed") is not True, result
     assert result["changed"] is False
     assert key in result
-    assert connections == [readonly]
+    assert connections == ([] if readonly is None else [readonly])
 
 
 @pytest.mark.parametrize(
