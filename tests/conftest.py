@@ -4,7 +4,8 @@ Images and guests (tests/lab/images.py, tests/lab/guests.py):
 ``libvirt_conn``, ``lab_cache``, ``tiny_image``, ``debian_image``, ``tiny_guest`` (factory),
 ``debian_guest`` (factory), ``default_network``, ``ssh_keypair``.
 Several libvirt hosts on this machine (tests/lab/hosts.py): ``lab_hosts`` (2 hosts),
-``lab_hosts_factory`` (``lab_hosts_factory(3)``).
+``lab_hosts_factory`` (``lab_hosts_factory(3)``); ``lab_cluster``: those three hosts formed into a
+Corosync/Pacemaker cluster by the role virtops.kvm.cluster (tests/lab/cluster.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from devtools.libvirt_cleanup import remove_domain_named
+from tests.lab import cluster as lab_cluster_mod
 from tests.lab import guests as lab_guests
 from tests.lab import hosts as lab_hosts_mod
 from tests.lab import images as lab_images
@@ -263,3 +265,20 @@ def lab_hosts_factory():
 def lab_hosts(lab_hosts_factory):
     """Two namespaced libvirt hosts (see ``lab_hosts_factory``)."""
     return lab_hosts_factory(2)
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(lab_hosts_factory, tmp_path_factory):
+    """Three lab hosts formed into one Corosync/Pacemaker cluster by the role
+    virtops.kvm.cluster, once per session (``tests.lab.cluster.LabCluster``: ``.nodes``,
+    ``.names``, ``.node(name)``, ``.run_role(role_vars, check=..., hostvars=...)``,
+    ``.formed`` (the first run), ``.form_seconds``), with the lab fence agent installed as
+    /usr/sbin/fence_virtopslab. A test that fences a node brings it back
+    (``cluster.restart_node``) before it ends.
+    """
+    lab = lab_hosts_factory(3)
+    lab_cluster_mod.install_fence_agent()
+    try:
+        yield lab_cluster_mod.form(lab, tmp_path_factory.mktemp("cluster"))
+    finally:
+        lab_cluster_mod.remove_fence_agent()

@@ -1,0 +1,259 @@
+"""A Corosync and Pacemaker cluster of lab hosts (tests/lab/hosts.py).
+
+- ``form(lab, workdir)`` runs the role virtops.kvm.cluster on the lab's hosts (inventory group
+  ``cluster``, reached through the ``virtops_lab_nsenter`` connection) and waits until every
+  node is online; it returns a ``LabCluster`` whose ``run_role`` runs the role again.
+- ``install_fence_agent()`` puts the lab fence agent (``tests/lab/fence_virtopslab.py``) in
+  place as ``/usr/sbin/fence_virtopslab`` where Pacemaker finds it; ``fence(action, plug)``
+  calls it as Pacemaker would.
+- ``restart_node(host)`` brings a node back after a power loss: new /run and /dev/shm, its
+  virtlogd, libvirtd, Corosync and Pacemaker started again (it rejoins the cluster).
+- ``status(host)``: Pacemaker's view from a node (``crm_mon`` XML, read with lxml).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from lxml import etree
+
+from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, wait_for
+
+from . import hosts as lab_hosts
+
+FENCE_AGENT = Path("/usr/sbin/fence_virtopslab")
+AGENT_SOURCE = Path(__file__).resolve().with_name("fence_virtopslab.py")
+AGENT_MARK = "# virtops lab fence agent (tests/lab/cluster.py)"
+GROUP = "cluster"
+ROLE = "virtops.kvm.cluster"
+# how the role starts pacemakerd without systemd (roles/cluster/tasks/daemons/direct.yml)
+START_PACEMAKER = "setsid pacemakerd </dev/null >/dev/null 2>&1 & echo $! > /run/pacemakerd.pid"
+FORM_TIMEOUT = 240
+
+
+# ----------------------------------------------------------------------------------------
+# the fence agent
+
+
+def install_fence_agent() -> Path:
+    """``/usr/sbin/fence_virtopslab``: runs the agent with this lab's state file."""
+    state = lab_hosts.hosts_dir() / "state.json"
+    text = (
+        f"#!/bin/sh\n{AGENT_MARK}\n"
+        f'VIRTOPS_LAB_STATE={state} exec /usr/bin/python3 {AGENT_SOURCE} "$@"\n'
+    )
+    tmp = FENCE_AGENT.with_name(f".{FENCE_AGENT.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(FENCE_AGENT)
+    return FENCE_AGENT
+
+
+def remove_fence_agent() -> None:
+    """Remove the agent if it is the lab's."""
+    if FENCE_AGENT.exists() and AGENT_MARK in FENCE_AGENT.read_text():
+        FENCE_AGENT.unlink()
+
+
+def fence(action: str, plug: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Call the installed agent as Pacemaker's fencer does (arguments on stdin)."""
+    stdin = f"action={action}\n" + (f"plug={plug}\n" if plug else "")
+    return subprocess.run(
+        [str(FENCE_AGENT)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Pacemaker's view
+
+
+@dataclass
+class Status:
+    online: list[str]
+    offline: list[str]
+    quorate: bool
+    dc: str | None
+
+
+def status(host: lab_hosts.LabHost, timeout: float = 30) -> Status:
+    """``crm_mon`` on ``host``; raises RuntimeError when Pacemaker does not answer there."""
+    proc = subprocess.run(
+        host.nsenter(["crm_mon", "--one-shot", "--output-as=xml"]),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{host.name}: crm_mon failed ({proc.returncode}): {proc.stderr!r}")
+    root = etree.fromstring(proc.stdout)
+    nodes = root.findall("nodes/node")
+    dc = root.find("summary/current_dc")
+    present = dc is not None and dc.get("present") == "true"
+    return Status(
+        online=sorted(n.get("name") for n in nodes if n.get("online") == "true"),
+        offline=sorted(n.get("name") for n in nodes if n.get("online") != "true"),
+        quorate=present and dc.get("with_quorum") == "true",
+        dc=dc.get("name") if present else None,
+    )
+
+
+def wait_online(
+    host: lab_hosts.LabHost, names: list[str], timeout: float = FORM_TIMEOUT, quorate: bool = True
+) -> Status:
+    """Wait until ``host`` sees exactly ``names`` online (and the partition quorate)."""
+    last: list[Status | str] = []
+
+    def settled() -> Status | None:
+        try:
+            now = status(host)
+        except (RuntimeError, subprocess.TimeoutExpired, etree.XMLSyntaxError) as exc:
+            last[:] = [str(exc)]
+            return None
+        last[:] = [now]
+        return now if now.online == sorted(names) and now.quorate == quorate else None
+
+    return wait_for(
+        settled,
+        timeout,
+        f"{host.name}: nodes {sorted(names)} online",
+        interval=1,
+        error=RuntimeError,
+        detail=lambda: f" (last: {last[0] if last else 'nothing'})",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# the role
+
+
+@dataclass
+class LabCluster:
+    lab: lab_hosts.Lab
+    workdir: Path
+    formed: PlaybookRun | None = None
+    form_seconds: float = 0.0
+    runs: int = field(default=0)
+
+    @property
+    def nodes(self) -> list[lab_hosts.LabHost]:
+        return self.lab.hosts
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.nodes]
+
+    def node(self, name: str) -> lab_hosts.LabHost:
+        return next(h for h in self.nodes if h.name == name)
+
+    def inventory(self, hostvars: dict[str, dict] | None = None) -> dict:
+        hostvars = hostvars or {}
+        return {
+            "all": {
+                "children": {
+                    GROUP: {
+                        "hosts": {
+                            h.name: {
+                                "ansible_connection": "virtops_lab_nsenter",
+                                "virtops_lab_holder_pid": h.holder_pid,
+                                "ansible_python_interpreter": sys.executable,
+                                "cluster_address": h.address,
+                                **hostvars.get(h.name, {}),
+                            }
+                            for h in self.nodes
+                        }
+                    }
+                }
+            }
+        }
+
+    def run_role(
+        self,
+        role_vars: dict | None = None,
+        *,
+        hostvars: dict[str, dict] | None = None,
+        check: bool = False,
+        limit: str | None = None,
+        timeout: float = 600,
+    ) -> PlaybookRun:
+        """ansible-playbook running the role on the cluster group (results per task)."""
+        self.runs += 1
+        name = f"run{self.runs}"
+        inventory = self.workdir / f"{name}-inventory.yml"
+        inventory.write_text(yaml.safe_dump(self.inventory(hostvars)))
+        play = {
+            "name": "Form the lab cluster",
+            "hosts": GROUP,
+            "gather_facts": False,
+            "roles": [{"role": ROLE, "cluster_install_packages": False, **(role_vars or {})}],
+        }
+        book = self.workdir / f"{name}.yml"
+        book.write_text(yaml.safe_dump([play], sort_keys=False))
+        results = self.workdir / f"{name}-results.json"
+        env = checkout_env(
+            ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="virtops_results",
+            ANSIBLE_CONNECTION_PLUGINS=str(ROOT / "tests" / "lab" / "connection_plugins"),
+            VIRTOPS_RESULTS_FILE=str(results),
+        )
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(book)]
+        cmd += ["--check"] if check else []
+        cmd += ["--limit", limit] if limit else []
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
+        found = json.loads(results.read_text()) if results.exists() else []
+        return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, found)
+
+
+def form(lab: lab_hosts.Lab, workdir: Path) -> LabCluster:
+    """Run the role on every host of ``lab``; fails unless all are online and quorate."""
+    cluster = LabCluster(lab, workdir)
+    started = time.monotonic()
+    run = cluster.run_role()
+    cluster.form_seconds = time.monotonic() - started
+    if run.rc != 0:
+        raise RuntimeError(f"the cluster role failed ({run.rc}):\n{run.stdout[-4000:]}")
+    cluster.formed = run
+    for host in lab.hosts:
+        wait_online(host, cluster.names, timeout=60)
+    return cluster
+
+
+# ----------------------------------------------------------------------------------------
+# a node back after a power loss
+
+
+def restart_node(host: lab_hosts.LabHost, names: list[str] | None = None) -> None:
+    """Boot ``host`` again after ``fence off``: fresh /run and /dev/shm (its libvirt runtime
+    directory emptied too, as a reboot would), then virtlogd, libvirtd, Corosync and
+    Pacemaker. With ``names``, wait until the node sees those nodes online."""
+    left = lab_hosts.node_processes(host)
+    if left:
+        raise RuntimeError(f"{host.name} still runs processes {left}: power it off first")
+    base = Path(host.dir)
+    for sub in ("run", "vtrun"):
+        for entry in (base / sub).iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    remount = f"umount -R /run && umount /dev/shm && {lab_hosts._fresh_run_script(base, True)}"
+    lab_hosts._run(host.nsenter(["sh", "-c", remount]))
+    lab_hosts._start_daemons(host)
+    lab_hosts._wait_answering(host)
+    lab_hosts._run(host.nsenter(["corosync"]))
+    lab_hosts._run(host.nsenter(["sh", "-c", START_PACEMAKER]))
+    if names:
+        wait_online(host, names)
