@@ -273,7 +273,8 @@ def lab_cluster(lab_hosts_factory, tmp_path_factory):
     virtops.kvm.cluster, once per session (``tests.lab.cluster.LabCluster``: ``.nodes``,
     ``.names``, ``.node(name)``, ``.run_role(role_vars, check=..., hostvars=...)``,
     ``.formed`` (the first run), ``.form_seconds``), with the lab fence agent installed as
-    /usr/sbin/fence_virtopslab. A test that fences a node brings it back
+    /usr/sbin/fence_virtopslab, and libvirt's lock manager on (leases in
+    ``cluster.lockspace_dir()``). A test that fences a node brings it back
     (``cluster.restart_node``) before it ends.
     """
     lab = lab_hosts_factory(3)
@@ -282,3 +283,4 @@ def lab_cluster(lab_hosts_factory, tmp_path_factory):
         yield lab_cluster_mod.form(lab, tmp_path_factory.mktemp("cluster"))
     finally:
         lab_cluster_mod.remove_fence_agent()
+        shutil.rmtree(lab_cluster_mod.lockspace_dir(), ignore_errors=True)

@@ -27,6 +27,7 @@ from lxml import etree
 from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, wait_for
 
 from . import hosts as lab_hosts
+from .images import lab_dir
 
 FENCE_AGENT = Path("/usr/sbin/fence_virtopslab")
 AGENT_SOURCE = Path(__file__).resolve().with_name("fence_virtopslab.py")
@@ -36,6 +37,11 @@ ROLE = "virtops.kvm.cluster"
 # how the role starts pacemakerd without systemd (roles/cluster/tasks/daemons/direct.yml)
 START_PACEMAKER = "setsid pacemakerd </dev/null >/dev/null 2>&1 & echo $! > /run/pacemakerd.pid"
 FORM_TIMEOUT = 240
+
+
+def lockspace_dir() -> Path:
+    """The nodes' shared lockspace for libvirt's disk leases (cluster_lockspace_dir)."""
+    return lab_dir() / "cluster-lockspace"
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,6 +175,8 @@ class LabCluster:
                                 "virtops_lab_holder_pid": h.holder_pid,
                                 "ansible_python_interpreter": sys.executable,
                                 "cluster_address": h.address,
+                                # the lab starts libvirtd with its pidfile in the host's dir
+                                "cluster_libvirt_pidfile": h.pidfiles["libvirtd"],
                                 **hostvars.get(h.name, {}),
                             }
                             for h in self.nodes
@@ -196,7 +204,14 @@ class LabCluster:
             "name": "Form the lab cluster",
             "hosts": GROUP,
             "gather_facts": False,
-            "roles": [{"role": ROLE, "cluster_install_packages": False, **(role_vars or {})}],
+            "roles": [
+                {
+                    "role": ROLE,
+                    "cluster_install_packages": False,
+                    "cluster_lockspace_dir": str(lockspace_dir()),
+                    **(role_vars or {}),
+                }
+            ],
         }
         book = self.workdir / f"{name}.yml"
         book.write_text(yaml.safe_dump([play], sort_keys=False))
@@ -237,8 +252,9 @@ def form(lab: lab_hosts.Lab, workdir: Path) -> LabCluster:
 
 def restart_node(host: lab_hosts.LabHost, names: list[str] | None = None) -> None:
     """Boot ``host`` again after ``fence off``: fresh /run and /dev/shm (its libvirt runtime
-    directory emptied too, as a reboot would), then virtlogd, libvirtd, Corosync and
-    Pacemaker. With ``names``, wait until the node sees those nodes online."""
+    directory emptied too, as a reboot would), then virtlockd (if the role turned locking
+    on), virtlogd, libvirtd, Corosync and Pacemaker. With ``names``, wait until the node
+    sees those nodes online."""
     left = lab_hosts.node_processes(host)
     if left:
         raise RuntimeError(f"{host.name} still runs processes {left}: power it off first")
@@ -251,6 +267,8 @@ def restart_node(host: lab_hosts.LabHost, names: list[str] | None = None) -> Non
                 entry.unlink()
     remount = f"umount -R /run && umount /dev/shm && {lab_hosts._fresh_run_script(base, True)}"
     lab_hosts._run(host.nsenter(["sh", "-c", remount]))
+    if "lock_manager" in (base / "etc" / "qemu.conf").read_text():  # as the role starts it
+        lab_hosts._run(host.nsenter(["virtlockd", "-d", "-p", "/run/virtlockd.pid"]))
     lab_hosts._start_daemons(host)
     lab_hosts._wait_answering(host)
     lab_hosts._run(host.nsenter(["corosync"]))
