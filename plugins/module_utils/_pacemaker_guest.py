@@ -51,6 +51,7 @@ class GuestWish:
     forbidden_nodes: list[str] | None = None
     order_after: list[str] | None = None
     priority: int | None = None
+    stickiness: int | None = None
     utilization: dict[str, int] | None = None
     operations: dict[str, dict[str, int]] = field(default_factory=dict)
     meta: dict[str, str] | None = None
@@ -96,11 +97,11 @@ def wish_from_params(params: dict[str, Any]) -> GuestWish:
     meta = None
     if params["meta"] is not None:
         meta = {str(k): _meta_value(v) for k, v in params["meta"].items()}
-        reserved = set(meta) & {"target-role", "allow-migrate", "priority"}
+        reserved = set(meta) & {"target-role", "allow-migrate", "priority", "resource-stickiness"}
         if reserved:
             raise KvmValidationError(
-                f"meta cannot set {', '.join(sorted(reserved))}: use state, allow_migrate and "
-                "priority"
+                f"meta cannot set {', '.join(sorted(reserved))}: use state, allow_migrate, "
+                "priority and stickiness"
             )
     return GuestWish(
         resource_id=rid,
@@ -114,6 +115,7 @@ def wish_from_params(params: dict[str, Any]) -> GuestWish:
         forbidden_nodes=params["forbidden_nodes"],
         order_after=params["order_after"],
         priority=params["priority"],
+        stickiness=params["stickiness"],
         utilization=utilization,
         operations=operations,
         meta=meta,
@@ -261,6 +263,8 @@ def apply_wish(cib, wish: GuestWish) -> None:
         pcmk.set_nvpair(cib, prim, ma, "allow-migrate", _meta_value(wish.allow_migrate))
     if wish.priority is not None:
         pcmk.set_nvpair(cib, prim, ma, "priority", str(wish.priority))
+    if wish.stickiness is not None:
+        pcmk.set_nvpair(cib, prim, ma, "resource-stickiness", str(wish.stickiness))
     for key, value in (wish.meta or {}).items():
         pcmk.set_nvpair(cib, prim, ma, key, value)
     if wish.utilization is not None:
@@ -525,14 +529,18 @@ class GuestManager:
             )
             return
         conn = self.connection()
+        elsewhere = KvmValidationError(
+            f"Guest {name} runs on {', '.join(nodes)}, not on the libvirt at "
+            f"{wish.hypervisor}: run this task on that node so the guest can be left "
+            "defined there; nothing was changed",
+            nodes=nodes,
+        )
         try:
             dom = conn.lookupByName(name)
         except libvirt.libvirtError as exc:
-            raise KvmValidationError(
-                f"Guest {name} runs on {', '.join(nodes)}, not on the libvirt at "
-                f"{wish.hypervisor}: run this task on that node so the guest can be left "
-                "defined there; nothing was changed"
-            ) from exc
+            raise elsewhere from exc
+        if not dom.isActive():  # defined here, running on another node
+            raise elsewhere
         if dom.isPersistent():
             return
         config = before["params"].get("config")

@@ -143,6 +143,16 @@ options:
       O(allow_migrate) is true).
     type: int
     default: 120
+  stickiness:
+    description:
+      - The resource's C(resource-stickiness). Pacemaker's default of 0 lets it move a running
+        guest to spread resources, even the moment it becomes highly available (found running
+        on one node, started on another by live migration or a restart). The default keeps a
+        running guest where it runs, above a preference of O(preferred_nodes) (100), so it
+        does not move back after a failover either; O(preferred_nodes) then chooses where a
+        stopped guest starts.
+    type: int
+    default: 200
   meta:
     description:
       - Further meta attributes (for example C(resource-stickiness), C(migration-threshold)),
@@ -187,7 +197,7 @@ EXAMPLES = r"""
       memory: 2048
       vcpus: 2
     meta:
-      resource-stickiness: 100
+      migration-threshold: 3
 
 - name: Stop it through the cluster
   virtops.kvm.cluster_guest:
@@ -254,6 +264,7 @@ ARGUMENT_SPEC = {
     "start_timeout": {"type": "int", "default": 90},
     "stop_timeout": {"type": "int", "default": 90},
     "migrate_timeout": {"type": "int", "default": 120},
+    "stickiness": {"type": "int", "default": 200},
     "meta": {"type": "dict"},
     "allow_without_fencing": {"type": "bool", "default": False},
     "wait": {"type": "bool", "default": True},

@@ -44,7 +44,8 @@ def test_check_apply_check_apply(cib, args, module_runner, tmp_path):
         "preferred_nodes": ["n2"],
         "priority": 5,
         "utilization": {"memory": 128, "vcpus": 1},
-        "meta": {"resource-stickiness": 100},
+        "stickiness": 150,
+        "meta": {"migration-threshold": 3},
     }
     before = cib.query()
     predicted = module_runner(cluster_guest, args, check_mode=True, diff=True)
@@ -65,7 +66,8 @@ def test_check_apply_check_apply(cib, args, module_runner, tmp_path):
         "target-role": "Started",
         "allow-migrate": "true",
         "priority": "5",
-        "resource-stickiness": "100",
+        "resource-stickiness": "150",
+        "migration-threshold": "3",
     }
     assert resource["utilization"] == {"hv_memory": "128", "cpu": "1"}
     assert resource["operations"]["monitor"] == {"interval": 10, "timeout": 30}
@@ -134,6 +136,7 @@ def test_refused_without_fencing(tmp_path, monkeypatch, args, module_runner):
         ({"resource_id": "1bad id"}, "not a valid Pacemaker id"),
         ({"preferred_nodes": ["n1"], "forbidden_nodes": ["n1"]}, "both preferred and forbidden"),
         ({"meta": {"target-role": "Stopped"}}, "use state"),
+        ({"meta": {"resource-stickiness": 0}}, "stickiness"),
         ({"write_config": False}, "cannot be read"),
         ({"config": "relative.xml"}, "absolute path"),
     ],
@@ -184,3 +187,17 @@ def test_a_foreign_resource_is_not_touched(cib, args, module_runner):
         assert result["failed"] is True
         assert "not an ocf:heartbeat:VirtualDomain primitive" in result["msg"]
     assert _c14n(cib.query()) == _c14n(before)
+
+
+@pytest.mark.parametrize(("stickiness", "moves"), [(0, True), (None, False)])
+def test_a_guest_found_running_stays_where_it_runs(cib, args, module_runner, stickiness, moves):
+    """Pacemaker's default stickiness of 0 would move a guest found running on the node that
+    also runs the stonith device; the module's default keeps it there."""
+    if stickiness is not None:
+        args = {**args, "stickiness": stickiness}
+    assert module_runner(cluster_guest, args)["changed"] is True
+    cib.simulate("--op-inject", "test_monitor_0@n1=0")  # the probe finds it running on n1
+    assert "fence-lab" in cib.tool("crm_resource", "--locate", "--resource", "fence-lab").stdout
+    assert "n1" in cib.tool("crm_resource", "--locate", "--resource", "fence-lab").stdout
+    planned = cib.transition()
+    assert ("test" in planned and "n1 -> n" in planned) is moves, planned
