@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -237,14 +238,25 @@ def test_pacemaker_knows_the_lab_fence_agent(lab_cluster):
     assert [line.split(",")[0] for line in listed.stdout.split()] == lab_cluster.names
 
 
-def test_fence_off_kills_the_node_and_the_lab_brings_it_back(lab_cluster, record_property):
+def test_pacemaker_fences_a_node_with_the_lab_agent_and_the_lab_brings_it_back(
+    lab_cluster, record_property
+):
+    """Pacemaker's fencer runs the agent (a device registered with the fencer of one node,
+    not in the CIB): the victim loses every process; the lab boots it again and it rejoins."""
     victim, survivor = lab_cluster.nodes[2], lab_cluster.nodes[0]
     assert lab_cluster_mod.fence("status", victim.name).returncode == 0
     assert node_processes(victim, ("corosync",))
+    register = ["stonith_admin", "--register", "lab-fence", "--agent", "fence_virtopslab"]
+    register += ["--option", f"pcmk_host_list={' '.join(lab_cluster.names)}"]
+    register += ["--option", "pcmk_host_check=static-list"]
+    on_node_run(survivor, register)
     try:
-        off = lab_cluster_mod.fence("off", victim.name)
-        assert off.returncode == 0, off.stderr
+        started = time.monotonic()
+        on_node_run(survivor, ["stonith_admin", "--fence", victim.name, "--timeout", "60"])
+        record_property("fence_seconds", round(time.monotonic() - started, 2))
         assert node_processes(victim) == []
+        history = on_node_run(survivor, ["stonith_admin", "--history", victim.name])
+        assert "successful" in history, history
         assert lab_cluster_mod.fence("status", victim.name).returncode == 2
         on = lab_cluster_mod.fence("on", victim.name)
         assert on.returncode == 1
@@ -254,6 +266,12 @@ def test_fence_off_kills_the_node_and_the_lab_brings_it_back(lab_cluster, record
         assert seen.offline == [victim.name]
         assert lab_cluster_mod.fence("status", survivor.name).returncode == 0
     finally:
+        subprocess.run(
+            survivor.nsenter(["stonith_admin", "--deregister", "lab-fence"]),
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         if not node_processes(victim):
             lab_cluster_mod.restart_node(victim)
     for node in lab_cluster.nodes:
