@@ -15,6 +15,8 @@ num_updates) is older than the live CIB's, so a change made by anyone between th
 read and its write is never overwritten: the write fails with ``StaleCib``, and the caller
 reads again and recomputes. A ``--modify`` of single elements would merge silently into
 whatever changed meanwhile; a section replace (``--scope``) is not version-checked at all.
+The status section written back is the one read at that same version, and the nodes section
+is left alone, so the controller (2.1's ``cib_change_section``) does not restart the join.
 """
 
 from __future__ import annotations
