@@ -142,6 +142,20 @@ def test_cluster_info_of_a_running_guest_with_a_failure(running, monkeypatch, tm
         ("monitor", node, 1)
     ]
     assert g1["failures"][0]["interval_ms"] == 10000
+    assert g1["settled"] is True and info["settled"] is True
+    # Stopped by request but still running: not settled until Pacemaker acts.
+    running.tool(
+        "crm_resource",
+        "--resource",
+        "g1",
+        "--meta",
+        "--set-parameter",
+        "target-role",
+        "--parameter-value",
+        "Stopped",
+    )
+    info = pcmk.cluster_info(pcmk.Tools(running.run))
+    assert info["guests"][0]["settled"] is False and info["settled"] is False
 
 
 def test_cluster_info_sees_nodes_go_and_fencing_off(running, monkeypatch):

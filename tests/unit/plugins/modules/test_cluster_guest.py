@@ -201,3 +201,11 @@ def test_a_guest_found_running_stays_where_it_runs(cib, args, module_runner, sti
     assert "n1" in cib.tool("crm_resource", "--locate", "--resource", "fence-lab").stdout
     planned = cib.transition()
     assert ("test" in planned and "n1 -> n" in planned) is moves, planned
+
+
+def test_wait_times_out_naming_what_it_saw(cib, args, module_runner):
+    # On a CIB file nothing carries out the scheduler's plan: the resource stays stopped.
+    result = module_runner(cluster_guest, {**args, "wait": True, "wait_timeout": 1})
+    assert result["failed"] is True
+    assert "Timed out after 1 s waiting for resource test to be Started" in result["msg"]
+    assert "role Stopped on []" in result["msg"]
