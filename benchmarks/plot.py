@@ -156,6 +156,22 @@ def plot_snapshot(records, out):
     fig.savefig(out / "snapshot.png", dpi=110)
 
 
+def plot_fleet(records, out):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for side, label in (
+        ("ours", "virtops.kvm.libvirt (concurrent)"),
+        ("ours_sequential", "virtops.kvm.libvirt, max_workers=1"),
+        ("peer", "community.libvirt.libvirt"),
+    ):
+        line(ax, medians(records, series="fleet", case="list", side=side, metric="seconds"), label)
+    ax.set(xlabel="hypervisors (50 guests each)", ylabel="ansible-inventory --list, seconds")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"6. Fleet inventory ({loads(records, 'fleet')})")
+    fig.tight_layout()
+    fig.savefig(out / "fleet.png", dpi=110)
+
+
 def main(out: Path) -> None:
     records = json.loads((out / "results.json").read_text())["records"]
     present = {r["series"] for r in records}
@@ -165,6 +181,7 @@ def main(out: Path) -> None:
         ("info", plot_info),
         ("migrate", plot_migrate),
         ("snapshot", plot_snapshot),
+        ("fleet", plot_fleet),
     ):
         if series in present:
             func(records, out)

@@ -14,6 +14,7 @@ Series (see docs/performance.md for how each is measured):
   info       item 3, domain_info time and libvirt calls with 10/100/500 guests
   migrate    item 4, live migration downtime in the multi-host lab
   snapshot   item 5, snapshot create/revert time against disk size
+  fleet      the inventory over 1/5/20 lab hypervisors (and a silent one): ours vs peer
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .common import (
     pip_version,
 )
 
-SERIES = ("noop", "provision", "info", "migrate", "snapshot")
+SERIES = ("noop", "provision", "info", "migrate", "snapshot", "fleet")
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 RUN_KEYS = ("started_utc", "command", "duration_s", "load_at_start", "load_at_end", "status")
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="guest counts of the provisioning series (default 1,5,10; about 45 min under TCG)",
     )
     p.add_argument("--snapshot-gib", type=_ints, default=[1, 4, 16])
+    p.add_argument("--fleet-n", type=_ints, default=[1, 5, 20], help="hypervisor counts")
+    p.add_argument("--fleet-guests", type=int, default=50, help="defined guests per hypervisor")
     p.add_argument(
         "--migrate-timeout",
         type=int,
@@ -129,6 +132,12 @@ def run_series(name: str, results: Results, args: argparse.Namespace, workdir: P
         from .series import migrate  # noqa: PLC0415
 
         migrate.run(results, reps=max(1, args.reps - 1), timeout=args.migrate_timeout)
+    elif name == "fleet":
+        from .series import fleet  # noqa: PLC0415
+
+        fleet.run(
+            results, counts=args.fleet_n, guests=args.fleet_guests, reps=args.reps, workdir=workdir
+        )
     elif name == "provision":
         from .series import provision  # noqa: PLC0415
 

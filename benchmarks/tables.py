@@ -54,7 +54,7 @@ def render(results: Results, meta: dict[str, Any]) -> str:
             if not note.startswith(("not measured", "failed")):
                 lines.append(f"- {series}: {note}")
     lines.append("")
-    for part in (_noop, _provision, _info, _migrate, _snapshot):
+    for part in (_noop, _provision, _info, _migrate, _snapshot, _fleet):
         lines += part(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -265,4 +265,58 @@ def _snapshot(results: Results) -> list[str]:
         out.append(
             f"| {_n(n)} | {' | '.join(cells)} | {results.load_range(series='snapshot', n=n)} |"
         )
+    return [*out, ""]
+
+
+def _fleet(results: Results) -> list[str]:
+    ns = [n for n in _ns(results, "fleet") if n > 0]
+    if not ns:
+        return []
+
+    def med(case: str, side: str, n: float, metric: str = "seconds") -> float | None:
+        return results.median(series="fleet", case=case, side=side, n=n, metric=metric)
+
+    floor = med("list", "floor", 0)
+    first = min(ns)
+    out = [
+        "### 6. Fleet: `ansible-inventory --list` over N lab hypervisors",
+        "",
+        f"Floor (`ansible-inventory -i localhost, --list`, no hypervisor): {_f(floor)} s. "
+        "Plugin s: the plugin's own `parse()` (reading the hypervisors and filling the "
+        "inventory), without Python's start and the JSON output.",
+        "",
+        "| hypervisors | guests listed | ours s | ours one after another s | peer s "
+        f"| ours / ours at N={_n(first)} | ours / peer | plugin s ours / one after another "
+        "/ peer | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for n in ns:
+        ours, peer = med("list", "ours", n), med("list", "peer", n)
+        listed = med("list", "ours", n, "hosts_listed")
+        plugin = " / ".join(
+            _f(med("list", side, n, "plugin_seconds"))
+            for side in ("ours", "ours_sequential", "peer")
+        )
+        out.append(
+            f"| {_n(n)} | {_f(listed, 0)} | {_f(ours)} | {_f(med('list', 'ours_sequential', n))} "
+            f"| {_f(peer)} | {_x(ratio(ours, med('list', 'ours', first)))} "
+            f"| {_x(ratio(ours, peer))} "
+            f"| {plugin} | {results.load_range(series='fleet', case='list', n=n)} |"
+        )
+    silent = [r for r in results.records if r.series == "fleet" and r.case == "silent"]
+    if silent:
+        n = max(r.n for r in silent)
+        ours, peer, plain = (
+            med("silent", "ours", n),
+            med("silent", "peer", n),
+            med("list", "ours", n),
+        )
+        note = next((r.note for r in silent if r.side == "ours" and r.note), "")
+        added = None if ours is None or plain is None else ours - plain
+        out += [
+            "",
+            f"With a silent hypervisor (drops every packet) added to the {_n(n)}: ours "
+            f"{_f(ours)} s ({note}; {_f(added)} s more than without it), peer {_f(peer)} s "
+            "(one run).",
+        ]
     return [*out, ""]
