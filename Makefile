@@ -20,7 +20,7 @@ demo: setup
 # (ruff, changelog, test collection, unit tests on ansible-core 2.19 and 2.16), slow gates
 # (sanity on both, ansible-lint) with the lab images and the host role's default and bridge
 # Molecule scenarios beside them, then the real libvirtd tests (integration, booted guests,
-# the multi-host lab, the guest role's Molecule scenario).
+# the guest role's Molecule scenario) with the multi-host lab's tests as a stream beside them.
 test: setup
 	@./scripts/test.sh
 

@@ -14,9 +14,13 @@
 #    beside the rest). Their output is printed at the end. A failed gate stops them and ends
 #    the run;
 # 3. the main suite (integration and lab tests against the real libvirtd, booted guests, the
-#    multi-host lab, the guest role's Molecule scenario). The image module's real build from
-#    the archive (3-4 minutes alone, about 15 loaded) runs with `make test-image-build`; here
-#    the lab's own images go through the same builder when the cache misses.
+#    guest role's Molecule scenario), and beside it the multi-host stream: every test marked
+#    `multihost` (the namespaced libvirt hosts: migration, TLS, the fleet inventory, the
+#    Pacemaker cluster), started once the `bridge` scenario has ended so that no more than
+#    three streams share the two cores. The multi-host lab is one per machine (a lock), so
+#    its tests are one pytest session of their own. The image module's real build from the
+#    archive (3-4 minutes alone, about 15 loaded) runs with `make test-image-build`; here the
+#    lab's own images go through the same builder when the cache misses.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,22 +88,32 @@ images_pid=""
     fail "building the lab images"
 }
 
-say "stage 3: the main suite"
-"${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "not image_build" tests
+say "stage 3: the main suite, and the multi-host stream beside it"
+side_log[multihost]="$PWD/build/test-multihost.log"
+# waits for the bridge scenario to end: gone, or a zombie until this script reaps it
+setsid bash -c 'ended() { local s; s=$(sed "s/^.*) //" "/proc/$1/stat" 2>/dev/null); [ "${s%% *}" = Z ] || [ -z "$s" ]; }
+    until ended "$1"; do sleep 5; done; shift; exec "$@"' \
+    _ "${side_pid[bridge]}" "${PYTEST[@]}" --basetemp="$PWD/build/pytest-multihost" \
+    --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "multihost and not image_build" tests \
+    >"${side_log[multihost]}" 2>&1 &
+side_pid[multihost]=$!
+say "multi-host stream waiting for 'bridge', then running beside (pid ${side_pid[multihost]}," \
+    "log ${side_log[multihost]})"
+"${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "not image_build and not multihost" tests
 main_rc=$?
 
 side_rc=0
-for scenario in "${SCENARIOS[@]}"; do
-    say "waiting for the host role Molecule scenario '$scenario' (pid ${side_pid[$scenario]})"
-    wait "${side_pid[$scenario]}"
+for stream in "${SCENARIOS[@]}" multihost; do
+    say "waiting for the stream '$stream' (pid ${side_pid[$stream]})"
+    wait "${side_pid[$stream]}"
     rc=$?
-    echo "=============== host role Molecule scenario '$scenario' (rc $rc) ==============="
-    cat "${side_log[$scenario]}"
+    echo "=============== stream '$stream' (rc $rc) ==============="
+    cat "${side_log[$stream]}"
     [ "$rc" -eq 0 ] || side_rc=$rc
 done
 
 if [ "$main_rc" -ne 0 ] || [ "$side_rc" -ne 0 ]; then
-    say "FAILED (main suite rc $main_rc, host Molecule rc $side_rc)"
+    say "FAILED (main suite rc $main_rc, side streams rc $side_rc)"
     exit 1
 fi
 say "all passed"
