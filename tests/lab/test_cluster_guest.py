@@ -166,6 +166,7 @@ def test_a_running_guest_made_ha_and_taken_out_again(
     [ha] = [g for g in cluster["guests"] if g["resource"] == guest.name]
     assert ha["guest"] == guest.name and ha["node"] == node.name and ha["role"] == "Started"
     assert ha["managed"] is True and ha["failed"] is False and ha["failures"] == []
+    assert ha["settled"] is True and cluster["settled"] is True
 
     absent = {"name": "out", "virtops.kvm.cluster_guest": {"name": guest.name, "state": "absent"}}
     started = time.monotonic()
