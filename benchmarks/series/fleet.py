@@ -162,7 +162,7 @@ def _record(results, *, case, side, n, seconds, listed, expected, load, rep, not
 def _measure(results, uris, *, counts, guests, reps, workdir, blackhole) -> None:
     for rep in range(reps):
         load = loadavg()
-        seconds, listed, _ = _listing(OUR_VENV, ["localhost,"], 120)
+        seconds, listed, _stderr = _listing(OUR_VENV, ["localhost,"], 120)
         _record(
             results, case="list", side="floor", n=0, seconds=seconds, listed=listed,
             expected=1, load=load, rep=rep,
@@ -176,7 +176,7 @@ def _measure(results, uris, *, counts, guests, reps, workdir, blackhole) -> None
         for rep in range(reps):
             for side, (venv, source) in sources.items():
                 load = loadavg()
-                seconds, listed, _ = _listing(venv, [source], 600)
+                seconds, listed, _stderr = _listing(venv, [source], 600)
                 _record(
                     results, case="list", side=side, n=n, seconds=seconds, listed=listed,
                     expected=n * guests, load=load, rep=rep,
@@ -208,7 +208,7 @@ def _measure(results, uris, *, counts, guests, reps, workdir, blackhole) -> None
             note=f"+1 silent hypervisor, connect_timeout {SILENT_TIMEOUT} s",
         )  # fmt: skip
     load = loadavg()
-    seconds, listed, _ = _listing(
+    seconds, listed, _stderr = _listing(
         PEER_VENV, [_peer_sources(workdir, with_silent)], PEER_SILENT_LIMIT
     )
     _record(

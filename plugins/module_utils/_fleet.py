@@ -130,7 +130,7 @@ def read_many(
             pass
         else:
             if index in running:  # an abandoned read that ends late is ignored
-                start, _ = running.pop(index)
+                start = running.pop(index)[0]
                 outcome = outcomes[index]
                 outcome.data, outcome.error = data, error
                 outcome.seconds = clock() - start

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """fence_virtopslab: a fence agent for the lab's cluster nodes (tests/lab/hosts.py).
 
 A lab node has no power switch: "off" is a power loss, every process of the node killed at
