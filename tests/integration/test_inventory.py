@@ -6,8 +6,11 @@ file filters on it, so other engineers' guests on this machine do not show.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +23,10 @@ from lxml import etree
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_general import (
     NS_PREFIX,
     NS_VIRTOPS,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._fleet import (
+    ensure_event_loop,
+    set_keepalive,
 )
 from devtools.libvirt_cleanup import remove_domain
 from tests.helpers import VENV_BIN, checkout_env
@@ -217,3 +224,33 @@ def test_fleet_read_concurrently_and_a_silent_hypervisor(tmp_path, lab_hosts, na
                         remove_domain(dom)
             finally:
                 conn.close()
+
+
+@pytest.mark.lab
+@pytest.mark.multihost
+def test_keepalive_ends_a_call_to_a_hypervisor_that_stopped_answering(lab_hosts):
+    """What the plugin's keepalive options do: libvirt's keepalive, driven by the event loop
+    of _fleet, fails a call to a libvirtd that froze after the connection was made."""
+    host = lab_hosts.hosts[0]
+    pid = int(Path(host.pidfiles["libvirtd"]).read_text().strip())
+    ensure_event_loop()
+    conn = host.connect()
+    set_keepalive(conn, 1, 2)
+    assert conn.getHostname() == host.name
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(libvirt.libvirtError):
+            conn.listAllDomains()
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+    # 1 s x (2 + 1) and some slack; without keepalive the call waits as long as TCP does
+    assert took < 30, f"the call took {took:.0f} s"
+    after = host.connect()  # the daemon itself is fine again
+    try:
+        assert after.getHostname() == host.name
+    finally:
+        after.close()
