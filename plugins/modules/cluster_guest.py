@@ -240,6 +240,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModu
 from ansible_collections.virtops.kvm.plugins.module_utils._pacemaker import Tools  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._pacemaker_guest import (  # noqa: E402
     GuestManager,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._pacemaker_resource import (  # noqa: E402
     wish_from_params,
 )
 

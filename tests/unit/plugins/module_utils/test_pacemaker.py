@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _pacemaker as pcmk
-from ansible_collections.virtops.kvm.plugins.module_utils import _pacemaker_guest as guest
+from ansible_collections.virtops.kvm.plugins.module_utils import _pacemaker_resource as resource
 from tests.pacemaker_cib import make_cib, needs_pacemaker
 
 pytestmark = needs_pacemaker
@@ -49,7 +49,7 @@ def test_a_write_over_a_changed_cib_is_refused(cib):
     tools = pcmk.Tools(cib.run)
     read = tools.query()
     cib.prop("no-quorum-policy", "freeze")  # someone else writes meanwhile
-    guest.keep_orphan(read, "g1")
+    resource.keep_orphan(read, "g1")
     with pytest.raises(pcmk.StaleCib):
         tools.replace(read)
     assert pcmk.cluster_properties(tools.query())["no-quorum-policy"] == "freeze"
@@ -63,7 +63,7 @@ def test_write_with_retry_recomputes_on_the_new_cib(cib):
         calls.append(pcmk.version(work)["epoch"])
         if len(calls) == 1:
             cib.prop("no-quorum-policy", "freeze")  # lands between this read and its write
-        guest.keep_orphan(work, "g1")
+        resource.keep_orphan(work, "g1")
 
     written = pcmk.write_with_retry(tools, change)[1]
     assert written is True
@@ -73,7 +73,7 @@ def test_write_with_retry_recomputes_on_the_new_cib(cib):
     assert pcmk.cluster_properties(after)["stop-orphan-resources"] == "false"
     # Nothing left to change: no write, the epoch stays.
     epoch = pcmk.version(after)["epoch"]
-    assert pcmk.write_with_retry(tools, lambda work: guest.keep_orphan(work, "g1"))[1] is False
+    assert pcmk.write_with_retry(tools, lambda work: resource.keep_orphan(work, "g1"))[1] is False
     assert pcmk.version(tools.query())["epoch"] == epoch
 
 
@@ -98,7 +98,7 @@ def test_removal_with_the_orphan_kept_stops_nothing(running):
     tools = pcmk.Tools(running.run)
     running.prop("stop-orphan-resources", "true")  # the user's own setting stays below ours
     pcmk.write_with_retry(
-        tools, lambda work: (guest.remove_resource(work, "g1"), guest.keep_orphan(work, "g1"))
+        tools, lambda work: (resource.remove_resource(work, "g1"), resource.keep_orphan(work, "g1"))
     )
     cib = tools.query()
     assert pcmk.primitive(cib, "g1") is None
@@ -106,7 +106,7 @@ def test_removal_with_the_orphan_kept_stops_nothing(running):
     assert pcmk.cluster_properties(cib)["stop-orphan-resources"] == "false"
     assert running.transition().strip() == ""
     # Releasing before the history is gone would stop it: the sequence's order matters.
-    pcmk.write_with_retry(tools, lambda work: guest.release_orphan(work, "g1"))
+    pcmk.write_with_retry(tools, lambda work: resource.release_orphan(work, "g1"))
     assert pcmk.cluster_properties(tools.query())["stop-orphan-resources"] == "true"
     assert "Stop       g1" in running.transition()
 
