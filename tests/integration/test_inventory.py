@@ -183,7 +183,9 @@ def ours(listing: subprocess.CompletedProcess, prefix: str) -> tuple[dict, dict]
 
 @pytest.mark.lab
 @pytest.mark.multihost
-def test_fleet_read_concurrently_and_a_silent_hypervisor(tmp_path, lab_hosts, name_prefix):
+def test_fleet_read_concurrently_and_a_silent_hypervisor(tmp_path, lab_hosts_factory, name_prefix):
+    # three hosts, as the multihost tests after this file ask: the lab is not restarted
+    lab_hosts = lab_hosts_factory(3)
     try:
         defined = fleet.populate(lab_hosts, 3, prefix=name_prefix)
         config = {"uris": lab_hosts.uris, "connect_timeout": 2}
@@ -228,10 +230,10 @@ def test_fleet_read_concurrently_and_a_silent_hypervisor(tmp_path, lab_hosts, na
 
 @pytest.mark.lab
 @pytest.mark.multihost
-def test_keepalive_ends_a_call_to_a_hypervisor_that_stopped_answering(lab_hosts):
+def test_keepalive_ends_a_call_to_a_hypervisor_that_stopped_answering(lab_hosts_factory):
     """What the plugin's keepalive options do: libvirt's keepalive, driven by the event loop
     of _fleet, fails a call to a libvirtd that froze after the connection was made."""
-    host = lab_hosts.hosts[0]
+    host = lab_hosts_factory(3).hosts[0]
     pid = int(Path(host.pidfiles["libvirtd"]).read_text().strip())
     ensure_event_loop()
     conn = host.connect()
