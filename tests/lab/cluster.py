@@ -9,6 +9,8 @@
 - ``restart_node(host)`` brings a node back after a power loss: new /run and /dev/shm, its
   virtlogd, libvirtd, Corosync and Pacemaker started again (it rejoins the cluster).
 - ``status(host)``: Pacemaker's view from a node (``crm_mon`` XML, read with lxml).
+- ``stonith_device(cluster)``: the lab fence agent as the cluster's stonith device (a
+  ``stonith:fence_virtopslab`` primitive made with cibadmin, removed when the block ends).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,7 @@ ROLE = "virtops.kvm.cluster"
 # how the role starts pacemakerd without systemd (roles/cluster/tasks/daemons/direct.yml)
 START_PACEMAKER = "setsid pacemakerd </dev/null >/dev/null 2>&1 & echo $! > /run/pacemakerd.pid"
 FORM_TIMEOUT = 240
+STONITH_ID = "virtops-lab-fence"
 
 
 def lockspace_dir() -> Path:
@@ -196,10 +201,7 @@ class LabCluster:
         timeout: float = 600,
     ) -> PlaybookRun:
         """ansible-playbook running the role on the cluster group (results per task)."""
-        self.runs += 1
-        name = f"run{self.runs}"
-        inventory = self.workdir / f"{name}-inventory.yml"
-        inventory.write_text(yaml.safe_dump(self.inventory(hostvars)))
+        name = f"role{self.runs + 1}"
         play = {
             "name": "Form the lab cluster",
             "hosts": GROUP,
@@ -215,6 +217,47 @@ class LabCluster:
         }
         book = self.workdir / f"{name}.yml"
         book.write_text(yaml.safe_dump([play], sort_keys=False))
+        return self._ansible_playbook(
+            str(book), hostvars=hostvars, check=check, limit=limit, timeout=timeout
+        )
+
+    def run_playbook(
+        self,
+        playbook: str,
+        *,
+        extra_vars: dict | None = None,
+        hostvars: dict[str, dict] | None = None,
+        check: bool = False,
+        timeout: float = 600,
+    ) -> PlaybookRun:
+        """ansible-playbook running ``playbook`` (a path or a collection playbook such as
+        ``virtops.kvm.ha``) with the cluster group as inventory and the lab's role variables."""
+        lab_vars = {
+            "cluster_install_packages": False,
+            "cluster_lockspace_dir": str(lockspace_dir()),
+        }
+        return self._ansible_playbook(
+            playbook,
+            hostvars=hostvars,
+            check=check,
+            extra_vars={**lab_vars, **(extra_vars or {})},
+            timeout=timeout,
+        )
+
+    def _ansible_playbook(
+        self,
+        playbook: str,
+        *,
+        hostvars: dict[str, dict] | None = None,
+        check: bool = False,
+        limit: str | None = None,
+        extra_vars: dict | None = None,
+        timeout: float = 600,
+    ) -> PlaybookRun:
+        self.runs += 1
+        name = f"run{self.runs}"
+        inventory = self.workdir / f"{name}-inventory.yml"
+        inventory.write_text(yaml.safe_dump(self.inventory(hostvars)))
         results = self.workdir / f"{name}-results.json"
         env = checkout_env(
             ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
@@ -222,7 +265,8 @@ class LabCluster:
             ANSIBLE_CONNECTION_PLUGINS=str(ROOT / "tests" / "lab" / "connection_plugins"),
             VIRTOPS_RESULTS_FILE=str(results),
         )
-        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(book)]
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), playbook]
+        cmd += ["-e", json.dumps(extra_vars)] if extra_vars else []
         cmd += ["--check"] if check else []
         cmd += ["--limit", limit] if limit else []
         proc = subprocess.run(
@@ -244,6 +288,44 @@ def form(lab: lab_hosts.Lab, workdir: Path) -> LabCluster:
     for host in lab.hosts:
         wait_online(host, cluster.names, timeout=60)
     return cluster
+
+
+# ----------------------------------------------------------------------------------------
+# fencing
+
+
+def add_stonith_device(host: lab_hosts.LabHost, names: list[str], device: str = STONITH_ID) -> None:
+    """A ``stonith:fence_virtopslab`` primitive fencing ``names``, created from ``host``."""
+    xml = (
+        f'<primitive id="{device}" class="stonith" type="fence_virtopslab">'
+        f'<instance_attributes id="{device}-ia">'
+        f'<nvpair id="{device}-ia-hosts" name="pcmk_host_list" value="{" ".join(names)}"/>'
+        f'<nvpair id="{device}-ia-check" name="pcmk_host_check" value="static-list"/>'
+        "</instance_attributes></primitive>"
+    )
+    cmd = ["cibadmin", "--create", "-o", "resources", "--xml-pipe"]
+    lab_hosts._run(host.nsenter(cmd), input=xml, timeout=60)
+
+
+def remove_stonith_device(host: lab_hosts.LabHost, device: str = STONITH_ID) -> None:
+    """Delete the primitive ``device`` (with any constraint naming it); absent is fine."""
+    for xpath in (f"//rsc_location[@rsc='{device}']", f"//primitive[@id='{device}']"):
+        cmd = ["cibadmin", "--query", "--xpath", xpath]
+        if lab_hosts._run(host.nsenter(cmd), check=False, timeout=60).returncode != 0:
+            continue  # 105: no such object
+        cmd = ["cibadmin", "--delete-all", "--force", "--xpath", xpath]
+        lab_hosts._run(host.nsenter(cmd), timeout=60)
+
+
+@contextmanager
+def stonith_device(cluster: LabCluster, device: str = STONITH_ID) -> Iterator[str]:
+    """The lab fence agent as ``cluster``'s stonith device for the block (its id)."""
+    first = cluster.nodes[0]
+    add_stonith_device(first, cluster.names, device)
+    try:
+        yield device
+    finally:
+        remove_stonith_device(first, device)
 
 
 # ----------------------------------------------------------------------------------------
