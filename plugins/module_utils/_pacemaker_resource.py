@@ -38,6 +38,7 @@ class GuestWish:
     hypervisor: str
     allow_migrate: bool | None = None
     migration_transport: str | None = None
+    migrate_options: str | None = None
     preferred_nodes: list[str] | None = None
     forbidden_nodes: list[str] | None = None
     order_after: list[str] | None = None
@@ -102,6 +103,7 @@ def wish_from_params(params: dict[str, Any]) -> GuestWish:
         hypervisor=params["uri"],
         allow_migrate=params["allow_migrate"],
         migration_transport=params["migration_transport"],
+        migrate_options=params["migrate_options"],
         preferred_nodes=params["preferred_nodes"],
         forbidden_nodes=params["forbidden_nodes"],
         order_after=params["order_after"],
@@ -246,6 +248,8 @@ def apply_wish(cib, wish: GuestWish) -> None:
     pcmk.set_nvpair(cib, prim, ia, "hypervisor", wish.hypervisor)
     if wish.migration_transport is not None:
         pcmk.set_nvpair(cib, prim, ia, "migration_transport", wish.migration_transport)
+    if wish.migrate_options is not None:
+        pcmk.set_nvpair(cib, prim, ia, "migrate_options", wish.migrate_options)
     ma = "meta_attributes"
     pcmk.set_nvpair(
         cib, prim, ma, "target-role", "Started" if wish.state == "started" else "Stopped"

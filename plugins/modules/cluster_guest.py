@@ -84,6 +84,14 @@ options:
       - VirtualDomain's C(migration_transport) (V(ssh), V(tcp), V(tls), ...). Not changed when
         not set.
     type: str
+  migrate_options:
+    description:
+      - VirtualDomain's C(migrate_options), extra options of its live migration (as C(virsh
+        migrate) takes them). V(--unsafe) where the guest's disks are on storage that every
+        node shares but libvirt does not know as shared (anything but NFS, GlusterFS, Ceph and
+        the like), without which libvirt refuses the migration and Pacemaker stops and starts
+        the guest instead. Not changed when not set.
+    type: str
   preferred_nodes:
     description:
       - Nodes the guest prefers (a location constraint of score 100 each, ids
@@ -253,6 +261,7 @@ ARGUMENT_SPEC = {
     "write_config": {"type": "bool", "default": False},
     "allow_migrate": {"type": "bool"},
     "migration_transport": {"type": "str"},
+    "migrate_options": {"type": "str"},
     "preferred_nodes": {"type": "list", "elements": "str"},
     "forbidden_nodes": {"type": "list", "elements": "str"},
     "order_after": {"type": "list", "elements": "str"},

@@ -15,9 +15,9 @@ import pytest
 from devtools.libvirt_cleanup import remove_domain_named
 from tests.helpers import wait_for
 from tests.lab import cluster as lab_cluster_mod
+from tests.lab.cluster import on, on_node, where
+from tests.lab.guests import HeartbeatWatch
 from tests.lab.hosts import node_processes
-from tests.lab.test_cluster_guest import on, on_node, where
-from tests.lab.test_migration import HeartbeatWatch
 
 pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(900)]
 
@@ -105,20 +105,14 @@ def test_standby_power_loss_and_rejoin(fenced, tiny_guest, restore, tmp_path, re
         "write_config": True,
         "allow_migrate": True,
         "migration_transport": "tcp",  # the lab's libvirtds listen on TCP
+        # libvirt trusts only network filesystems as shared storage, not the lab's directory
+        # (test_migration.py passes VIR_MIGRATE_UNSAFE too)
+        "migrate_options": "--unsafe",
     }
     made = on(home, [{"name": "ha", "virtops.kvm.cluster_guest": args}], tmp_path)
     assert made.rc == 0, made.stdout
     assert made.task("ha")["nodes"] == [home.name]
-    # libvirt trusts only network filesystems as shared storage, not the lab's directory
-    # (test_migration.py passes VIR_MIGRATE_UNSAFE); VirtualDomain cannot reload a
-    # parameter, so Pacemaker restarts the guest once (not always on the same node).
-    unsafe = ["--set-parameter", "migrate_options", "--parameter-value=--unsafe"]
-    on_node(home, ["crm_resource", "--resource", guest.name, *unsafe])
-    settle(home)
-    role, nodes = where(home, guest.name)
-    assert role == "Started" and len(nodes) == 1
-    home = cluster.node(nodes[0])
-    guest.conn = home.connect()
+    assert where(home, guest.name) == ("Started", [home.name])
     guest.wait_heartbeat(guest.last_heartbeat() + 1, timeout=120)
     guest.write_marker("failover", "written before the standby")
 

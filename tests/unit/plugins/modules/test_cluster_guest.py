@@ -100,6 +100,21 @@ def test_a_change_touches_only_what_it_names(cib, args, module_runner):
     assert diff["before"]["params"] == diff["after"]["params"]
 
 
+def test_migration_parameters_are_the_agents_own(cib, args, module_runner):
+    wanted = {**args, "allow_migrate": True, "migration_transport": "tcp"}
+    first = module_runner(cluster_guest, {**wanted, "migrate_options": "--unsafe"})
+    assert first["resource"]["params"]["migration_transport"] == "tcp"
+    assert first["resource"]["params"]["migrate_options"] == "--unsafe"
+    # not set: left as it is; set again: no change
+    assert module_runner(cluster_guest, wanted)["changed"] is False
+    assert (
+        module_runner(cluster_guest, {**wanted, "migrate_options": "--unsafe"})["changed"] is False
+    )
+    changed = module_runner(cluster_guest, {**wanted, "migrate_options": "--unsafe --compressed"})
+    assert changed["changed"] is True
+    assert changed["resource"]["params"]["migrate_options"] == "--unsafe --compressed"
+
+
 def test_stopped_sets_the_target_role(cib, args, module_runner):
     module_runner(cluster_guest, args)
     result = module_runner(cluster_guest, {**args, "state": "stopped"}, diff=True)
