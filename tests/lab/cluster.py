@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from lxml import etree
 
-from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, wait_for
+from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, run_playbook, wait_for
 
 from . import hosts as lab_hosts
 from .images import lab_dir
@@ -357,3 +357,48 @@ def restart_node(host: lab_hosts.LabHost, names: list[str] | None = None) -> Non
     lab_hosts._run(host.nsenter(["sh", "-c", START_PACEMAKER]))
     if names:
         wait_online(host, names)
+
+
+# ----------------------------------------------------------------------------------------
+# inside a node
+
+
+def on_node(node: lab_hosts.LabHost, cmd: list[str], data: str | None = None) -> str:
+    """``cmd``'s output, run inside ``node`` (fails on a non-zero exit)."""
+    return subprocess.run(
+        node.nsenter(cmd), input=data, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def cib(node: lab_hosts.LabHost):
+    return etree.fromstring(on_node(node, ["cibadmin", "--query"]).encode())
+
+
+def configuration(node: lab_hosts.LabHost) -> bytes:
+    """The CIB's configuration section, canonical: equal bytes mean nothing was written."""
+    return etree.tostring(cib(node).find("configuration"), method="c14n")
+
+
+def where(node: lab_hosts.LabHost, resource: str) -> tuple[str | None, list[str]]:
+    """``resource``'s role and the nodes it runs on, as crm_mon in ``node`` says."""
+    status = etree.fromstring(on_node(node, ["crm_mon", "--output-as=xml", "--inactive"]).encode())
+    found = status.xpath("resources//resource[@id=$id]", id=resource)
+    if not found:
+        return None, []
+    return found[0].get("role"), [n.get("name") for n in found[0].findall("node")]
+
+
+def on(node: lab_hosts.LabHost, tasks: list[dict], tmp_path: Path, *, check=False, diff=False):
+    """Run ``tasks`` inside ``node`` (the lab's nsenter connection); a ``PlaybookRun``."""
+    play = {
+        "name": "on a cluster node",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars": {
+            "ansible_connection": "virtops_lab_nsenter",
+            "virtops_lab_holder_pid": node.holder_pid,
+        },
+        "tasks": tasks,
+    }
+    env = {"ANSIBLE_CONNECTION_PLUGINS": str(ROOT / "tests" / "lab" / "connection_plugins")}
+    return run_playbook(tmp_path, plays=[play], check=check, diff=diff, env=env, timeout=300)

@@ -11,63 +11,18 @@ import time
 import pytest
 from lxml import etree
 
-from tests.helpers import ROOT, run_playbook, wait_for
+from tests.helpers import wait_for
+from tests.lab import cluster as lab_cluster_mod
+from tests.lab.cluster import STONITH_ID, cib, configuration, on, on_node, where
 
 pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(900)]
-
-FENCE_ID = "virtops-lab-fence"
-
-
-def on_node(node, cmd: list[str], data: str | None = None) -> str:
-    return subprocess.run(
-        node.nsenter(cmd), input=data, capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-
-
-def cib(node):
-    return etree.fromstring(on_node(node, ["cibadmin", "--query"]).encode())
-
-
-def configuration(node) -> bytes:
-    return etree.tostring(cib(node).find("configuration"), method="c14n")
-
-
-def where(node, resource: str) -> tuple[str | None, list[str]]:
-    status = etree.fromstring(on_node(node, ["crm_mon", "--output-as=xml", "--inactive"]).encode())
-    found = status.xpath("resources//resource[@id=$id]", id=resource)
-    if not found:
-        return None, []
-    return found[0].get("role"), [n.get("name") for n in found[0].findall("node")]
 
 
 @pytest.fixture(scope="module")
 def fenced_cluster(lab_cluster):
     """The lab cluster with the lab fence agent as its stonith device (removed afterwards)."""
-    first = lab_cluster.nodes[0]
-    names = " ".join(lab_cluster.names)
-    on_node(
-        first,
-        ["cibadmin", "--create", "-o", "resources", "--xml-pipe"],
-        f'<primitive id="{FENCE_ID}" class="stonith" type="fence_virtopslab">'
-        f'<instance_attributes id="{FENCE_ID}-ia">'
-        f'<nvpair id="{FENCE_ID}-ia-hosts" name="pcmk_host_list" value="{names}"/>'
-        f'<nvpair id="{FENCE_ID}-ia-check" name="pcmk_host_check" value="static-list"/>'
-        "</instance_attributes></primitive>",
-    )
-    try:
+    with lab_cluster_mod.stonith_device(lab_cluster):
         yield lab_cluster
-    finally:
-        on_node(
-            first,
-            [
-                "cibadmin",
-                "--delete",
-                "-o",
-                "resources",
-                "--xml-text",
-                f'<primitive id="{FENCE_ID}"/>',
-            ],
-        )
 
 
 @pytest.fixture
@@ -84,22 +39,6 @@ def cleanup(fenced_cluster):
                 timeout=60,
                 check=False,
             )
-
-
-def on(node, tasks: list[dict], tmp_path, *, check: bool = False, diff: bool = False):
-    """Run ``tasks`` inside ``node`` (the lab's nsenter connection)."""
-    play = {
-        "name": "on a cluster node",
-        "hosts": "localhost",
-        "gather_facts": False,
-        "vars": {
-            "ansible_connection": "virtops_lab_nsenter",
-            "virtops_lab_holder_pid": node.holder_pid,
-        },
-        "tasks": tasks,
-    }
-    env = {"ANSIBLE_CONNECTION_PLUGINS": str(ROOT / "tests" / "lab" / "connection_plugins")}
-    return run_playbook(tmp_path, plays=[play], check=check, diff=diff, env=env, timeout=300)
 
 
 def test_a_running_guest_made_ha_and_taken_out_again(
@@ -162,7 +101,7 @@ def test_a_running_guest_made_ha_and_taken_out_again(
     assert sorted(n["name"] for n in cluster["nodes"] if n["online"]) == fenced_cluster.names
     assert cluster["expected_votes"] == 3 and cluster["total_votes"] == 3
     assert cluster["stonith"]["enabled"] is True
-    assert [d["id"] for d in cluster["stonith"]["devices"]] == [FENCE_ID]
+    assert [d["id"] for d in cluster["stonith"]["devices"]] == [STONITH_ID]
     [ha] = [g for g in cluster["guests"] if g["resource"] == guest.name]
     assert ha["guest"] == guest.name and ha["node"] == node.name and ha["role"] == "Started"
     assert ha["managed"] is True and ha["failed"] is False and ha["failures"] == []

@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
+from tests.lab.guests import HeartbeatWatch
+
 pytestmark = [pytest.mark.lab, pytest.mark.multihost]
-
-
-class HeartbeatWatch:
-    """Notes (host time, newest heartbeat) each time the console shows a new heartbeat."""
-
-    def __init__(self, guest, interval: float = 0.02):
-        self.guest = guest
-        self.interval = interval
-        self.seen: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        last = None
-        while not self._stop.is_set():
-            beat = self.guest.last_heartbeat()
-            if beat != last:
-                self.seen.append((time.monotonic(), beat))
-                last = beat
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def max_gap(self, start: float, end: float) -> float:
-        """Longest time between two new heartbeats seen in [start, end]."""
-        seen = [t for t, _beat in self.seen]
-        times = [t for t in seen if start <= t <= end]
-        before = [t for t in seen if t < start]
-        after = [t for t in seen if t > end]
-        points = before[-1:] + times + after[:1]
-        return max(b - a for a, b in zip(points, points[1:]))
 
 
 def test_live_migration_keeps_the_heartbeat(lab_hosts, tiny_guest, record_property):
