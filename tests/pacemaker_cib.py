@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 TOOLS_MISSING = shutil.which("cibadmin") is None or shutil.which("crm_simulate") is None
 needs_pacemaker = pytest.mark.skipif(
@@ -89,3 +90,15 @@ def make_cib(path: Path, nodes=("n1", "n2", "n3"), *, fencing: bool = True) -> C
     args = [a for node in nodes for a in ("--node-up", node)]
     cib.simulate(*args, "--quorum", "true", "--simulate")
     return cib
+
+
+def cib_for_modules(tmp_path: Path, monkeypatch) -> CibFile:
+    """A fresh CIB file that modules run in this process work on (``CIB_file`` set)."""
+    made = make_cib(tmp_path / "cib.xml")
+    monkeypatch.setenv("CIB_file", str(made.path))
+    return made
+
+
+def c14n(text: str) -> bytes:
+    """``text`` (XML) canonical: equal bytes, equal XML."""
+    return etree.tostring(etree.fromstring(text.encode()), method="c14n")

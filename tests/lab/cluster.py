@@ -307,14 +307,20 @@ def add_stonith_device(host: lab_hosts.LabHost, names: list[str], device: str = 
     lab_hosts._run(host.nsenter(cmd), input=xml, timeout=60)
 
 
-def remove_stonith_device(host: lab_hosts.LabHost, device: str = STONITH_ID) -> None:
-    """Delete the primitive ``device`` (with any constraint naming it); absent is fine."""
-    for xpath in (f"//rsc_location[@rsc='{device}']", f"//primitive[@id='{device}']"):
+def remove_resource(host: lab_hosts.LabHost, rid: str) -> None:
+    """Delete the primitive ``rid`` with its location constraints; absent is fine (test
+    clean-up: Pacemaker stops what runs)."""
+    for xpath in (f"//rsc_location[@rsc='{rid}']", f"//primitive[@id='{rid}']"):
         cmd = ["cibadmin", "--query", "--xpath", xpath]
         if lab_hosts._run(host.nsenter(cmd), check=False, timeout=60).returncode != 0:
             continue  # 105: no such object
         cmd = ["cibadmin", "--delete-all", "--force", "--xpath", xpath]
         lab_hosts._run(host.nsenter(cmd), timeout=60)
+
+
+def remove_stonith_device(host: lab_hosts.LabHost, device: str = STONITH_ID) -> None:
+    """Delete the stonith primitive ``device``; absent is fine."""
+    remove_resource(host, device)
 
 
 @contextmanager

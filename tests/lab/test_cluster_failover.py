@@ -7,7 +7,6 @@ node rejoins and the guest neither runs twice nor moves back (step 6)."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
@@ -77,13 +76,7 @@ def restore(fenced, tiny_guest):
     for node in cluster.nodes:
         standby(node, False)
     for name in names:
-        for xpath in (f"//rsc_location[@rsc='{name}']", f"//primitive[@id='{name}']"):
-            subprocess.run(
-                first.nsenter(["cibadmin", "--delete-all", "--force", "--xpath", xpath]),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+        lab_cluster_mod.remove_resource(first, name)
     settle(first)
     conns = [node.connect() for node in cluster.nodes]
     try:

@@ -5,7 +5,6 @@ and removal leaves it running and defined."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -30,15 +29,8 @@ def cleanup(fenced_cluster):
     """Resources a failed test left: deleted with their constraints (Pacemaker stops them)."""
     made: list[str] = []
     yield made
-    first = fenced_cluster.nodes[0]
     for rid in made:
-        for xpath in (f"//rsc_location[@rsc='{rid}']", f"//primitive[@id='{rid}']"):
-            subprocess.run(
-                first.nsenter(["cibadmin", "--delete-all", "--force", "--xpath", xpath]),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+        lab_cluster_mod.remove_resource(fenced_cluster.nodes[0], rid)
 
 
 def test_a_running_guest_made_ha_and_taken_out_again(

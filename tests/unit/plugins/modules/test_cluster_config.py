@@ -9,7 +9,7 @@ from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule
 from ansible_collections.virtops.kvm.plugins.modules import cluster_config
-from tests.pacemaker_cib import make_cib, needs_pacemaker
+from tests.pacemaker_cib import c14n, cib_for_modules, needs_pacemaker
 
 pytestmark = needs_pacemaker
 
@@ -17,15 +17,9 @@ SECRET = "s3cr3t-Fence-Pw"
 NEW_SECRET = "an0ther-Fence-Pw"
 
 
-def _c14n(text: str) -> bytes:
-    return etree.tostring(etree.fromstring(text.encode()), method="c14n")
-
-
 @pytest.fixture
 def cib(tmp_path, monkeypatch):
-    made = make_cib(tmp_path / "cib.xml")
-    monkeypatch.setenv("CIB_file", str(made.path))
-    return made
+    return cib_for_modules(tmp_path, monkeypatch)
 
 
 def virsh_device(**over) -> dict:
@@ -55,7 +49,7 @@ def test_check_apply_check_apply_and_the_secret_never_shows(cib, module_runner):
     predicted = module_runner(cluster_config, ARGS, check_mode=True, diff=True)
     assert predicted.get("failed") is not True, predicted
     assert predicted["changed"] is True
-    assert _c14n(cib.query()) == _c14n(before)  # check mode wrote nothing
+    assert c14n(cib.query()) == c14n(before)  # check mode wrote nothing
 
     applied = module_runner(cluster_config, ARGS, diff=True)
     assert applied["changed"] is True
@@ -99,7 +93,7 @@ def test_check_apply_check_apply_and_the_secret_never_shows(cib, module_runner):
         again = module_runner(cluster_config, ARGS, check_mode=check_mode, diff=True)
         assert again["changed"] is False, again["diff"]
         assert again["diff"]["before"] == again["diff"]["after"]
-    assert _c14n(cib.query()) == _c14n(written)
+    assert c14n(cib.query()) == c14n(written)
 
 
 def test_a_changed_secret_is_a_change_shown_masked(cib, module_runner):
@@ -151,7 +145,7 @@ def test_no_fencing_is_refused_unless_allowed(cib, module_runner, monkeypatch, a
     assert refused["failed"] is True
     assert words in refused["msg"]
     assert "allow_without_fencing" in refused["msg"] and "nothing was changed" in refused["msg"]
-    assert _c14n(cib.query()) == _c14n(before)
+    assert c14n(cib.query()) == c14n(before)
     allowed = module_runner(cluster_config, {**args, "allow_without_fencing": True})
     assert allowed["changed"] is True
     assert len(warned) == 1 and words in warned[0]
@@ -175,7 +169,7 @@ def test_bad_devices_fail_before_any_change(cib, module_runner, device, words):
     assert refused["failed"] is True
     assert words in refused["msg"]
     assert SECRET not in json.dumps(refused)
-    assert _c14n(cib.query()) == _c14n(before)
+    assert c14n(cib.query()) == c14n(before)
 
 
 def test_parameters_the_agent_does_not_know_are_named_in_a_warning(cib, module_runner, monkeypatch):

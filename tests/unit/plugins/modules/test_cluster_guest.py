@@ -8,22 +8,16 @@ from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _client
 from ansible_collections.virtops.kvm.plugins.modules import cluster_guest
-from tests.pacemaker_cib import make_cib, needs_pacemaker
+from tests.pacemaker_cib import c14n, cib_for_modules, make_cib, needs_pacemaker
 
 pytestmark = needs_pacemaker
 
 TEST_URI = "test:///default"
 
 
-def _c14n(text: str) -> bytes:
-    return etree.tostring(etree.fromstring(text.encode()), method="c14n")
-
-
 @pytest.fixture
 def cib(tmp_path, monkeypatch):
-    made = make_cib(tmp_path / "cib.xml")
-    monkeypatch.setenv("CIB_file", str(made.path))
-    return made
+    return cib_for_modules(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -52,7 +46,7 @@ def test_check_apply_check_apply(cib, args, module_runner, tmp_path):
     assert predicted.get("failed") is not True, predicted
     assert predicted["changed"] is True and predicted["config_written"] is True
     assert predicted["diff"]["before"] == {}
-    assert _c14n(cib.query()) == _c14n(before)  # check mode wrote nothing
+    assert c14n(cib.query()) == c14n(before)  # check mode wrote nothing
     assert not (tmp_path / "test.xml").exists()
 
     applied = module_runner(cluster_guest, args, diff=True)
@@ -80,7 +74,7 @@ def test_check_apply_check_apply(cib, args, module_runner, tmp_path):
         again = module_runner(cluster_guest, args, check_mode=check_mode, diff=True)
         assert again["changed"] is False, again["diff"]
         assert again["diff"]["before"] == again["diff"]["after"]
-    assert _c14n(cib.query()) == _c14n(written)
+    assert c14n(cib.query()) == c14n(written)
     # The scheduler takes the resource as written: it would start it on the preferred node.
     assert "Start      test    (    n2 )" in cib.transition()
 
@@ -131,7 +125,7 @@ def test_refused_without_fencing(tmp_path, monkeypatch, args, module_runner):
     assert refused["failed"] is True
     assert "stonith-enabled is false" in refused["msg"]
     assert "allow_without_fencing" in refused["msg"]
-    assert _c14n(cib.query()) == _c14n(before)
+    assert c14n(cib.query()) == c14n(before)
     assert not (tmp_path / "test.xml").exists()
 
     # Where a warning lands depends on ansible-core's version and on what ran before in
@@ -161,7 +155,7 @@ def test_bad_input_changes_nothing(cib, args, module_runner, extra, message):
     result = module_runner(cluster_guest, {**args, **extra})
     assert result["failed"] is True
     assert message in result["msg"]
-    assert _c14n(cib.query()) == _c14n(before)
+    assert c14n(cib.query()) == c14n(before)
 
 
 def test_a_config_of_another_guest_is_refused(cib, args, module_runner, tmp_path):
@@ -201,7 +195,7 @@ def test_a_foreign_resource_is_not_touched(cib, args, module_runner):
         result = module_runner(cluster_guest, {**args, "state": state})
         assert result["failed"] is True
         assert "not an ocf:heartbeat:VirtualDomain primitive" in result["msg"]
-    assert _c14n(cib.query()) == _c14n(before)
+    assert c14n(cib.query()) == c14n(before)
 
 
 @pytest.mark.parametrize(("stickiness", "moves"), [(0, True), (None, False)])
