@@ -261,12 +261,17 @@ def set_nvpair(cib, elem, set_tag: str, name: str, value: str | None) -> None:
         if value is None:
             return
         holder = etree.SubElement(elem, set_tag, id=unique_id(cib, f"{elem.get('id')}-{set_tag}"))
-    pairs = holder.xpath("nvpair[@name=$name]", name=name)
+    put_pair(cib, holder, holder.xpath("nvpair[@name=$name]", name=name), name, value)
+    if value is None and len(holder) == 0:
+        elem.remove(holder)
+
+
+def put_pair(cib, holder, pairs: list, name: str, value: str | None) -> None:
+    """Leave ``pairs`` (``holder``'s pairs called ``name``) as one pair of ``value``, or
+    none with None."""
     if value is None:
         for pair in pairs:
             holder.remove(pair)
-        if len(holder) == 0:
-            elem.remove(holder)
         return
     if pairs:
         pairs[0].set("value", value)

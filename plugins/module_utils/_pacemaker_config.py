@@ -209,23 +209,7 @@ def _set_property(cib, name: str, value: str | None) -> None:
     prop_set = _bootstrap(cib, create=value is not None)
     if prop_set is None:
         return
-    pairs = _own_pairs(prop_set, name)
-    if value is None:
-        for pair in pairs:
-            prop_set.remove(pair)
-        return
-    if pairs:
-        pairs[0].set("value", value)
-        for extra in pairs[1:]:
-            prop_set.remove(extra)
-        return
-    etree.SubElement(
-        prop_set,
-        "nvpair",
-        id=pcmk.unique_id(cib, f"{BOOTSTRAP}-{name}"),
-        name=name,
-        value=value,
-    )
+    pcmk.put_pair(cib, prop_set, _own_pairs(prop_set, name), name, value)
 
 
 def _set_device(cib, dev: DeviceWish) -> None:
