@@ -100,7 +100,7 @@ class Tools:
 
     run: Runner
 
-    def _call(self, argv: list[str], what: str, data: str | None = None) -> str:
+    def call(self, argv: list[str], what: str, data: str | None = None) -> str:
         rc, out, err = self.run([installed(argv[0]), *argv[1:]], data)
         if rc != 0:
             raise PacemakerError(
@@ -112,7 +112,7 @@ class Tools:
 
     def query(self):
         """The whole CIB (configuration and status) as an lxml element."""
-        return parse(self._call(["cibadmin", "--query"], "read the CIB"), "The CIB")
+        return parse(self.call(["cibadmin", "--query"], "read the CIB"), "The CIB")
 
     def replace(self, cib) -> None:
         """Replace the whole CIB with ``cib``; ``StaleCib`` if the live CIB moved on."""
@@ -137,11 +137,11 @@ class Tools:
             "--inactive",
             "--include=none,summary,nodes,resources,failures,failcounts,options",
         ]
-        return parse(self._call(argv, "read the cluster status"), "crm_mon's output")
+        return parse(self.call(argv, "read the cluster status"), "crm_mon's output")
 
     def refresh(self, resource_id: str) -> None:
         """Forget a resource's operation history on every node (and so re-probe it)."""
-        self._call(
+        self.call(
             ["crm_resource", "--refresh", "--resource", resource_id],
             f"refresh the history of resource {resource_id}",
         )
@@ -457,6 +457,15 @@ def guest_resources(cib, status) -> list[dict[str, Any]]:
     return sorted(found, key=lambda g: g["resource"])
 
 
+def quorate(status, cib) -> bool:
+    """Whether this partition has quorum: its DC's word; on a CIB file (``CIB_file``), where
+    there is no DC, the quorum its last DC recorded."""
+    dc = status.find("summary/current_dc")
+    if dc is not None and _bool(dc.get("present")):
+        return _bool(dc.get("with_quorum"))
+    return "CIB_file" in os.environ and cib.get("have-quorum") in ("true", "1")
+
+
 def cluster_info(tools: Tools) -> dict[str, Any]:
     cib = tools.query()
     status = tools.status()
@@ -465,13 +474,9 @@ def cluster_info(tools: Tools) -> dict[str, Any]:
     nodes = status_nodes(status)
     properties = cluster_properties(cib)
     guests = guest_resources(cib, status)
-    if present:
-        quorate = _bool(dc.get("with_quorum"))
-    else:  # on a CIB file (CIB_file) there is no DC: the quorum its last DC recorded
-        quorate = "CIB_file" in os.environ and cib.get("have-quorum") in ("true", "1")
     info: dict[str, Any] = {
         "dc": dc.get("name") if present else None,
-        "quorate": quorate,
+        "quorate": quorate(status, cib),
         "expected_votes": None,
         "total_votes": None,
         "nodes": nodes,

@@ -75,7 +75,7 @@ def test_attributes_come_from_the_fragments(name):
 
 
 # Modules that run Pacemaker's tools and never connect to libvirt (no uri option).
-NO_LIBVIRT = {"cluster_config", "cluster_info"}
+NO_LIBVIRT = {"cluster_config", "cluster_info", "cluster_node"}
 
 # The _info modules: the result key each returns, the options a call needs on the test
 # driver, and whether it connects read-only (None: it opens no libvirt connection).
