@@ -83,10 +83,15 @@ class Evacuator:
                 raise KvmValidationError("balance_threshold_mib cannot be negative")
             self._balance()
         elif self.kvm.check_mode or self.p["parallel"] == 1:
-            self._serial(running_guests(self.kvm.conn))
+            self._serial(self._movable())
         else:
-            self._parallel(running_guests(self.kvm.conn))
+            self._parallel(self._movable())
         return self._result()
+
+    def _movable(self) -> list[Guest]:
+        """The source's active guests, largest first, without those named in ``exclude``."""
+        exclude = set(self.p.get("exclude") or ())
+        return [g for g in running_guests(self.kvm.conn) if g.name not in exclude]
 
     # -- one guest --------------------------------------------------------------------
     def _move(self, guest: Guest, reservations=None, **overrides) -> dict[str, Any] | None:
@@ -154,7 +159,7 @@ class Evacuator:
                 except KvmError:
                     continue  # an unreachable candidate takes nothing
                 conns[uri] = conn
-            guests = running_guests(src)
+            guests = self._movable()
             src_free = host_memory(src).uncommitted_mib
             planned = {uri: 0 for uri in conns}
             while guests and conns and not self._stop.is_set():

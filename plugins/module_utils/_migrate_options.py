@@ -99,6 +99,8 @@ def validate(params: dict[str, Any]) -> None:
         errors.append("dest_candidates is empty")
     if p["balance_threshold_mib"] is not None and not p["all_running"]:
         errors.append("balance_threshold_mib needs all_running=true")
+    if p.get("exclude") and not p["all_running"]:
+        errors.append("exclude needs all_running=true")
     if p["parallel"] != 1 and not p["all_running"]:
         errors.append("parallel needs all_running=true")
     if errors:

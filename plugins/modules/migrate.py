@@ -75,6 +75,16 @@ options:
       - With O(all_running=true), how many migrations may run at once.
     type: int
     default: 1
+  exclude:
+    description:
+      - With O(all_running=true), names of active guests that are not to be moved (they are
+        left running on the source and listed in RV(remaining)).
+      - The C(evacuate) playbook passes the guests a Pacemaker cluster manages
+        (M(virtops.kvm.cluster_guest)). The cluster moves those itself; a migration behind
+        its back would make it see the guest fail.
+    type: list
+    elements: str
+    default: []
   balance_threshold_mib:
     description:
       - With O(all_running=true), move guests off the host of O(uri) only while a candidate
@@ -527,6 +537,7 @@ ARGUMENT_SPEC = {
     "name": {"type": "str"},
     "all_running": {"type": "bool", "default": False},
     "parallel": {"type": "int", "default": 1},
+    "exclude": {"type": "list", "elements": "str", "default": []},
     "balance_threshold_mib": {"type": "int"},
     "dest_uri": {"type": "str"},
     "dest_candidates": {"type": "list", "elements": "str"},

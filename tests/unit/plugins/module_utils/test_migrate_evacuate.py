@@ -15,6 +15,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate_evacuate impo
     balance_pick,
     running_guests,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._migrate_options import validate
 
 from .migrate_fakes import DST, SRC, FakeHost, FakeKvm, error, move, opener_for, params
 
@@ -135,6 +136,22 @@ def test_serial_evacuation_moves_every_running_guest_largest_first(hosts):
     assert result["source_uri"] == SRC
     assert {"large", "mid", "small"} <= set(hosts[DST].domains)
     assert "stopped" not in hosts[DST].domains
+
+
+def test_excluded_guests_stay_running_on_the_source_and_are_never_migrated(hosts):
+    add(hosts, "large", 1024)
+    add(hosts, "ha", 512)
+    add(hosts, "small", 256)
+    result = evacuator(hosts, exclude=["ha", "not-here"], parallel=2).run()
+    assert sorted(m["name"] for m in result["moved"]) == ["large", "small"]
+    assert result["remaining"] == ["ha"]
+    assert hosts[SRC].domains["ha"].active and "ha" not in hosts[DST].domains
+    assert len(migrate_calls(hosts)) == 2
+
+
+def test_exclude_without_all_running_is_refused():
+    with pytest.raises(KvmValidationError, match="exclude needs all_running=true"):
+        validate(params(exclude=["g1"]))
 
 
 def test_nothing_running_changes_nothing(hosts):
