@@ -278,16 +278,6 @@ def lab_cluster(lab_hosts_factory, tmp_path_factory):
     (``cluster.restart_node``) before it ends.
     """
     lab = lab_hosts_factory(3)
-    lab_cluster_mod.install_fence_agent()
-    workdir = tmp_path_factory.mktemp("cluster")
-    # The lab forms its cluster without a stonith device (tests that fence add the lab
-    # agent's), which the role refuses unless told: group_vars beside the lab's inventory.
-    (workdir / "group_vars").mkdir()
-    (workdir / "group_vars" / f"{lab_cluster_mod.GROUP}.yml").write_text(
-        "cluster_allow_no_fencing: true\n"
-    )
-    try:
-        yield lab_cluster_mod.form(lab, workdir)
-    finally:
-        lab_cluster_mod.remove_fence_agent()
-        shutil.rmtree(lab_cluster_mod.lockspace_dir(), ignore_errors=True)
+    # without a stonith device (tests that fence add the lab agent's): cluster.formed
+    with lab_cluster_mod.formed(lab, tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster

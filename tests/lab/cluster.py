@@ -3,6 +3,8 @@
 - ``form(lab, workdir)`` runs the role virtops.kvm.cluster on the lab's hosts (inventory group
   ``cluster``, reached through the ``virtops_lab_nsenter`` connection) and waits until every
   node is online; it returns a ``LabCluster`` whose ``run_role`` runs the role again.
+  ``formed(lab, workdir)`` does that as the lab does it (fixture ``lab_cluster``, the
+  ``cluster`` benchmark series): fence agent installed, no stonith device yet, removed after.
 - ``install_fence_agent()`` puts the lab fence agent (``tests/lab/fence_virtopslab.py``) in
   place as ``/usr/sbin/fence_virtopslab`` where Pacemaker finds it; ``fence(action, plug)``
   calls it as Pacemaker would.
@@ -11,6 +13,8 @@
 - ``status(host)``: Pacemaker's view from a node (``crm_mon`` XML, read with lxml).
 - ``stonith_device(cluster)``: the lab fence agent as the cluster's stonith device (a
   ``stonith:fence_virtopslab`` primitive made with cibadmin, removed when the block ends).
+- ``ha_guest_args(guest)``: virtops.kvm.cluster_guest's arguments making a lab tiny guest
+  highly available; ``standby(node, state)`` and ``settle(node)`` for moving it.
 """
 
 from __future__ import annotations
@@ -290,6 +294,23 @@ def form(lab: lab_hosts.Lab, workdir: Path) -> LabCluster:
     return cluster
 
 
+@contextmanager
+def formed(lab: lab_hosts.Lab, workdir: Path) -> Iterator[LabCluster]:
+    """``lab``'s hosts formed into one cluster for the block, with the lab fence agent
+    installed but no stonith device (tests that fence add the agent's), which the role
+    refuses unless told: ``cluster_allow_no_fencing`` in group_vars beside the inventory (role
+    parameters such as ``run_role``'s override it). The agent and the shared lockspace are
+    removed at the end; the daemons stop with the lab (``hosts.down``)."""
+    install_fence_agent()
+    (workdir / "group_vars").mkdir(parents=True, exist_ok=True)
+    (workdir / "group_vars" / f"{GROUP}.yml").write_text("cluster_allow_no_fencing: true\n")
+    try:
+        yield form(lab, workdir)
+    finally:
+        remove_fence_agent()
+        shutil.rmtree(lockspace_dir(), ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------
 # fencing
 
@@ -335,6 +356,39 @@ def stonith_device(cluster: LabCluster, device: str = STONITH_ID) -> Iterator[st
 
 
 # ----------------------------------------------------------------------------------------
+# a highly available tiny guest
+
+
+def ha_guest_args(guest, **extra) -> dict:
+    """virtops.kvm.cluster_guest's arguments making the lab's tiny ``guest``
+    (tests/lab/guests.py) highly available: its definition written beside its files (which
+    every node reads), live migration allowed over the lab's TCP listeners."""
+    return {
+        "name": guest.name,
+        "config": str(guest.files.dir / "domain.xml"),
+        "write_config": True,
+        "allow_migrate": True,
+        "migration_transport": "tcp",  # the lab's libvirtds listen on TCP
+        # libvirt trusts only network filesystems as shared storage, not the lab's directory
+        # (test_migration.py passes VIR_MIGRATE_UNSAFE too)
+        "migrate_options": "--unsafe",
+        **extra,
+    }
+
+
+def standby(node: lab_hosts.LabHost, state: bool) -> None:
+    """Put ``node`` in standby (Pacemaker moves its resources away) or take it out."""
+    cmd = ["crm_attribute", "--node", node.name, "--name", "standby", "--lifetime", "forever"]
+    on_node(node, [*cmd, "--update", "on"] if state else [*cmd, "--delete"])
+
+
+def settle(node: lab_hosts.LabHost, timeout: int = 120) -> None:
+    """Wait until the cluster has carried out every action it planned (``crm_resource
+    --wait``, asked in ``node``)."""
+    on_node(node, ["crm_resource", "--wait", "--timeout", f"{timeout}s"], timeout=timeout + 30)
+
+
+# ----------------------------------------------------------------------------------------
 # a node back after a power loss
 
 
@@ -369,10 +423,12 @@ def restart_node(host: lab_hosts.LabHost, names: list[str] | None = None) -> Non
 # inside a node
 
 
-def on_node(node: lab_hosts.LabHost, cmd: list[str], data: str | None = None) -> str:
+def on_node(
+    node: lab_hosts.LabHost, cmd: list[str], data: str | None = None, timeout: float = 60
+) -> str:
     """``cmd``'s output, run inside ``node`` (fails on a non-zero exit)."""
     return subprocess.run(
-        node.nsenter(cmd), input=data, capture_output=True, text=True, check=True, timeout=60
+        node.nsenter(cmd), input=data, capture_output=True, text=True, check=True, timeout=timeout
     ).stdout
 
 
