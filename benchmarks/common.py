@@ -98,6 +98,8 @@ def ensure_venv(path: Path, requirements: Path) -> Path:
 
 
 def pip_version(venv: Path, package: str) -> str:
+    if not (venv / "bin/python").exists():  # not made: no series of this run needed it
+        return "?"
     proc = subprocess.run(
         [
             str(venv / "bin/python"),

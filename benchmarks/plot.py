@@ -172,6 +172,39 @@ def plot_fleet(records, out):
     fig.savefig(out / "fleet.png", dpi=110)
 
 
+CLUSTER_BARS = (
+    ("form", "seconds", "form the\ncluster"),
+    ("standby", "seconds", "standby:\nguest moved"),
+    ("standby", "heartbeat_max_gap_s", "standby:\nlongest gap"),
+    ("failover", "detected_s", "power loss:\nnode seen lost"),
+    ("failover", "started_s", "power loss:\nguest started"),
+    ("failover", "seconds", "power loss:\nfirst heartbeat"),
+)
+
+
+def plot_cluster(records, out):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (case, metric, _label) in enumerate(CLUSTER_BARS):
+        values = [
+            r["value"]
+            for r in records
+            if r["series"] == "cluster"
+            and r["case"] == case
+            and r["metric"] == metric
+            and r["value"] is not None
+        ]
+        if values:
+            ax.bar(i, statistics.median(values), 0.6, color="tab:blue", alpha=0.6)
+            ax.plot([i] * len(values), values, "o", color="black", markersize=4)
+    ax.set_xticks(range(len(CLUSTER_BARS)))
+    ax.set_xticklabels([label for _c, _m, label in CLUSTER_BARS], fontsize=8)
+    ax.set(ylabel="seconds (bar: median, dots: runs)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"7. Three-node lab cluster, one HA guest ({loads(records, 'cluster')})")
+    fig.tight_layout()
+    fig.savefig(out / "cluster.png", dpi=110)
+
+
 def main(out: Path) -> None:
     records = json.loads((out / "results.json").read_text())["records"]
     present = {r["series"] for r in records}
@@ -182,6 +215,7 @@ def main(out: Path) -> None:
         ("migrate", plot_migrate),
         ("snapshot", plot_snapshot),
         ("fleet", plot_fleet),
+        ("cluster", plot_cluster),
     ):
         if series in present:
             func(records, out)

@@ -15,6 +15,7 @@ Series (see docs/performance.md for how each is measured):
   migrate    item 4, live migration downtime in the multi-host lab
   snapshot   item 5, snapshot create/revert time against disk size
   fleet      the inventory over 1/5/20 lab hypervisors (and a silent one): ours vs peer
+  cluster    a 3-node lab cluster: forming it, an HA guest's standby migration and failover
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from .common import (
     pip_version,
 )
 
-SERIES = ("noop", "provision", "info", "migrate", "snapshot", "fleet")
+SERIES = ("noop", "provision", "info", "migrate", "snapshot", "fleet", "cluster")
+# the series that run community.libvirt (benchmarks/.venv-peer is made only for them)
+PEER_SERIES = frozenset({"noop", "provision", "fleet"})
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 RUN_KEYS = ("started_utc", "command", "duration_s", "load_at_start", "load_at_end", "status")
@@ -142,6 +145,10 @@ def run_series(name: str, results: Results, args: argparse.Namespace, workdir: P
         from .series import provision  # noqa: PLC0415
 
         provision.run(results, counts=args.provision_n, reps=1, workdir=workdir)
+    elif name == "cluster":
+        from .series import cluster  # noqa: PLC0415
+
+        cluster.run(results, reps=args.reps, workdir=workdir)
 
 
 def render(args: argparse.Namespace) -> int:
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         if part != Path("/"):
             part.chmod(part.stat().st_mode | 0o005)
 
-    ensure_venv(PEER_VENV, BENCH / "requirements-peer.txt")
+    if PEER_SERIES & set(args.only):
+        ensure_venv(PEER_VENV, BENCH / "requirements-peer.txt")
     if args.collection:
         common.OUR_COLLECTIONS = _extract_collection(args.collection, workdir)
     results = Results()
@@ -324,6 +332,8 @@ def _extract_collection(rev: str, workdir: Path) -> Path:
 
 
 def _peer_libvirt_version() -> str:
+    if not (PEER_VENV / "bin/python").exists():
+        return "?"
     proc = subprocess.run(
         [
             str(PEER_VENV / "bin/python"),

@@ -54,7 +54,7 @@ def render(results: Results, meta: dict[str, Any]) -> str:
             if not note.startswith(("not measured", "failed")):
                 lines.append(f"- {series}: {note}")
     lines.append("")
-    for part in (_noop, _provision, _info, _migrate, _snapshot, _fleet):
+    for part in (_noop, _provision, _info, _migrate, _snapshot, _fleet, _cluster):
         lines += part(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -320,3 +320,68 @@ def _fleet(results: Results) -> list[str]:
             "(one run).",
         ]
     return [*out, ""]
+
+
+CLUSTER_ROWS = (
+    ("form", "corosync_s", "form: role started to Corosync running on the first node"),
+    ("form", "pacemaker_s", "form: role started to Pacemaker answering there (crm_mon)"),
+    ("form", "seconds", "form: no cluster daemon running to 3 nodes online and quorate"),
+    ("form", "role_seconds", "form: the role's whole run (it then sets the properties)"),
+    ("standby", "seconds", "standby of its node: request to guest started on another node"),
+    ("standby", "heartbeat_max_gap_s", "standby of its node: longest heartbeat gap"),
+    ("failover", "detected_s", "power loss of its node: a survivor sees the node offline"),
+    ("failover", "started_s", "power loss: guest started on a survivor (after fencing)"),
+    ("failover", "seconds", "power loss: first heartbeat on a survivor (failover time)"),
+)
+
+
+def _cluster(results: Results) -> list[str]:
+    if not results.select(series="cluster"):
+        return []
+    out = [
+        "### 7. Cluster: three lab nodes, one HA guest (Pacemaker and Corosync)",
+        "",
+        "| step | median s | min s | max s | runs | load |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for case, metric, label in CLUSTER_ROWS:
+        sel = {"series": "cluster", "case": case, "metric": metric}
+        values = [r.value for r in results.select(**sel) if r.value is not None]
+        out.append(
+            f"| {label} | {_f(median(values))} | {_f(min(values, default=None))} "
+            f"| {_f(max(values, default=None))} | {len(values)} "
+            f"| {results.load_range(**sel)} |"
+        )
+    timings = results.details.get("cluster")
+    if timings:
+        out += ["", *_cluster_timings(timings)]
+    return [*out, ""]
+
+
+def _cluster_timings(t: dict[str, Any]) -> list[str]:
+    """The settings in force, as read from the running cluster by the series."""
+    totem = t["corosync_ms"]
+    conf = {k.split(" ")[0]: v for k, v in totem.items() if k.endswith("(corosync.conf)")}
+    ops = ", ".join(
+        f"{name} {'every ' + op['interval'] + ', ' if _nonzero(op.get('interval')) else ''}"
+        f"timeout {op.get('timeout', '-')}"
+        for name, op in t["virtualdomain_ops"].items()
+    )
+    meta = ", ".join(f"{k}={v}" for k, v in t["virtualdomain_meta"].items())
+    props = ", ".join(f"{k} {v}" for k, v in t["properties"].items())
+    device = t["stonith_device"]
+    dev = ", ".join(f"{k} {v}" for k, v in device.items() if k != "agent")
+    return [
+        "Timings in force (read from the running cluster): Corosync token "
+        f"{totem['token']} ms (corosync.conf: {conf.get('totem.token')} ms, "
+        f"token_coefficient {conf.get('totem.token_coefficient') or 'default'}), consensus "
+        f"{totem['consensus']} ms, join {totem['join']} ms, "
+        f"{totem['token_retransmits_before_loss_const']} token retransmits before loss; "
+        f"the guest's VirtualDomain operations: {ops} ({meta}); cluster properties: {props}; "
+        f"stonith device `{device['agent']}`: {dev}.",
+    ]
+
+
+def _nonzero(interval: str | None) -> bool:
+    """A Pacemaker operation interval other than 0 (``0``, ``0s``, ``0ms``)."""
+    return bool(interval) and interval.rstrip("ms") != "0"
