@@ -31,6 +31,7 @@ from ._storage import (
 )
 from ._storage_users import StorageUser, describe_users
 from ._volume_import import VolumeImporter
+from ._volume_source import compression_by_name, source_name
 
 
 class VolumeManager(VolumeImporter):
@@ -38,6 +39,8 @@ class VolumeManager(VolumeImporter):
 
     def run(self) -> dict[str, Any]:
         self._validate()
+        if self.params["state"] == "present":
+            self.resolve_checksum()  # checksum url:URL - read in check mode too (it is small)
         self.pool = lookup_pool(self.conn, self.params["pool"], required=not self.check)
         if self.pool is None or (self.check and not self.pool.isActive()):
             return self._check_without_pool()
@@ -252,16 +255,22 @@ class VolumeManager(VolumeImporter):
             else:
                 digest = self.volume_digest(vol)
                 self._record_digest(vol, digest)
-            if digest is None:
+            expected = self._expected_content(digest)
+            if digest is None or expected is None:
                 self._predict_unverified(vol)
                 return
             before = f"{self.checksum.algorithm}:{digest}"
-            self.result["checksum_verified"] = digest == self.checksum.digest
-            if digest != self.checksum.digest:
+            self.result["checksum_verified"] = digest == expected
+            if digest != expected:
                 if not p["force"]:
+                    of = (
+                        f"the decompressed content of the image with {self.checksum}"
+                        if expected != self.checksum.digest
+                        else str(self.checksum)
+                    )
                     raise KvmValidationError(
                         f"Volume '{p['name']}' exists but its content does not match "
-                        f"{self.checksum} (it has {before}). Set force=true to replace it "
+                        f"{of} (it has {before}). Set force=true to replace it "
                         "with a new import (its data is lost), or use another name.",
                         actual=before,
                     )
@@ -273,6 +282,21 @@ class VolumeManager(VolumeImporter):
         if self.capacity is not None:
             self._resize(vol, actual)
         self.result["volume"] = volume_view(vol)
+
+    def _expected_content(self, digest: str | None) -> str | None:
+        """The digest the volume's content must have: the checksum's own, or for a
+        compressed image that of its decompressed content (recorded at the import, or learnt
+        by reading the source again without storing it). None when check mode cannot tell
+        (a compressed download whose content digest is not recorded on this host)."""
+        expanded = self.digests.expanded(str(self.checksum))
+        if expanded is not None:
+            return expanded
+        if digest is None or digest == self.checksum.digest:
+            return self.checksum.digest
+        if self.check and self.params["source_url"]:
+            name = source_name(None, self.params["source_url"])
+            return None if compression_by_name(name) else self.checksum.digest
+        return self.source_content_digest() or self.checksum.digest
 
     def _predict_unverified(self, vol) -> None:
         """Check mode without a recorded digest: the volume is not read to compare it."""

@@ -4,9 +4,10 @@
 #
 # Private module_utils of virtops.kvm: not a public API, may change without notice.
 """Volumes made from images: import from a local file or URL (streamed with
-``virStorageVolUpload``, verified against a checksum), replacing a volume whose content
-differs, and the digests of volume contents recorded so that check mode can compare a
-checksum without reading the volume.
+``virStorageVolUpload``, verified against a checksum, given or picked from a checksum file),
+compressed images decompressed on the way, and replacing a volume whose content differs.
+Checksums and recorded digests are in ``_volume_digests``; reading the sources (checksum
+files, downloads, decompression) in ``_volume_stream`` and ``_volume_source``.
 
 ``VolumeImporter`` is the base of the volume manager (``_volume.VolumeManager``): it also
 holds what every volume change uses, the space guard and the pool calls.
@@ -14,17 +15,9 @@ holds what every volume change uses, the space guard and the pool calls.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json
 import os
-import struct
-import tempfile
-import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _xml
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._libvirt import libvirt
 from ._storage import (
@@ -39,154 +32,14 @@ from ._storage import (
 )
 from ._storage_users import StorageUsers
 from ._units import parse_size
+from ._volume_digests import Checksum, DigestRecords, volume_fingerprint
+from ._volume_source import detect, parse_checksum_url
+from ._volume_stream import CHUNK, ImportFile, StreamImport, qcow2_virtual_size
 
-CHUNK = 1024 * 1024
-QCOW2_MAGIC = b"QFI\xfb"
 NEW_SUFFIX = ".virtops-new"  # a replacement is uploaded under this name first
-DIGEST_RECORDS = os.path.join("~", ".cache", "virtops-kvm", "volume-digests.json")
-MAX_DIGEST_RECORDS = 1000
 
 
-@dataclass
-class Checksum:
-    algorithm: str
-    digest: str
-
-    @classmethod
-    def parse(cls, value: str) -> Checksum:
-        algo, sep, digest = value.partition(":")
-        if not sep or not digest:
-            raise KvmValidationError(f"checksum must look like 'sha256:HEXDIGEST', got '{value}'")
-        algo = algo.strip().lower()
-        if algo not in hashlib.algorithms_available:
-            raise KvmValidationError(f"checksum algorithm '{algo}' is not available")
-        digest = digest.strip().lower()
-        expected_len = hashlib.new(algo).digest_size * 2
-        if len(digest) != expected_len or any(c not in "0123456789abcdef" for c in digest):
-            raise KvmValidationError(
-                f"checksum digest for {algo} must be {expected_len} hexadecimal digits"
-            )
-        return cls(algo, digest)
-
-    def new(self):
-        return hashlib.new(self.algorithm)
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.digest}"
-
-
-def qcow2_virtual_size(header: bytes) -> int | None:
-    """The virtual size of a qcow2 image from its first 32 bytes, or None if not qcow2."""
-    if len(header) >= 32 and header[:4] == QCOW2_MAGIC:
-        return struct.unpack(">Q", header[24:32])[0]
-    return None
-
-
-@dataclass
-class ImportFile:
-    """A local file ready for upload: its path, size, virtual size and digest."""
-
-    path: str
-    size: int
-    virtual_size: int
-    digest: str | None
-    temporary: bool = False
-
-    def cleanup(self) -> None:
-        if self.temporary:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-
-def _content_length(response) -> int | None:
-    headers = getattr(response, "headers", None)
-    value = headers.get("Content-Length") if headers is not None else None
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def volume_fingerprint(xml: str) -> dict[str, Any] | None:
-    """Size and modification/change times of a volume, or None where libvirt reports no
-    times (block, RBD): any write to the volume changes its fingerprint."""
-    root = _xml.parse(xml, "storage volume XML")
-    mtime = _xml.text(root, "target/timestamps/mtime")
-    ctime = _xml.text(root, "target/timestamps/ctime")
-    if not mtime or not ctime:
-        return None
-    spec = VolumeSpec.from_xml(xml)
-    return {
-        "capacity": spec.capacity,
-        "allocation": spec.allocation,
-        "physical": spec.physical,
-        "mtime": mtime,
-        "ctime": ctime,
-    }
-
-
-class DigestRecords:
-    """Digests of volume contents this module computed, on the host it runs on.
-
-    A record holds while the volume's fingerprint (size, mtime, ctime) is the one recorded
-    with it, so that check mode compares a checksum without reading the whole volume.
-    """
-
-    def __init__(self, path: str = DIGEST_RECORDS) -> None:
-        self.path = os.path.expanduser(path)
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def get(self, ident: str, fingerprint: dict | None, algorithm: str) -> str | None:
-        if fingerprint is None:
-            return None
-        entry = self._load().get(ident)
-        if not isinstance(entry, dict) or entry.get("fingerprint") != fingerprint:
-            return None
-        return (entry.get("digests") or {}).get(algorithm)
-
-    def put(self, ident: str, fingerprint: dict | None, algorithm: str, digest: str) -> None:
-        """Record a digest; a record that cannot be written only costs a later check mode
-        its prediction."""
-        if fingerprint is None:
-            return
-        data = self._load()
-        entry = data.get(ident)
-        digests = {}
-        if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint:
-            digests = dict(entry.get("digests") or {})
-            if digests.get(algorithm) == digest:
-                return  # recorded already
-        digests[algorithm] = digest
-        data.pop(ident, None)
-        data[ident] = {"fingerprint": fingerprint, "digests": digests, "at": int(time.time())}
-        while len(data) > MAX_DIGEST_RECORDS:
-            data.pop(next(iter(data)))
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".digests-")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-class VolumeImporter(StorageManager):
+class VolumeImporter(StreamImport, StorageManager):
     def __init__(
         self,
         kvm,
@@ -199,7 +52,10 @@ class VolumeImporter(StorageManager):
         self._fetch = fetch  # injectable downloader (tests); fetch_url by default
         self.digests = digests or DigestRecords()
         self.users = StorageUsers(self.conn)
-        self.checksum = Checksum.parse(self.params["checksum"]) if self.params["checksum"] else None
+        value = self.params["checksum"]
+        # ALGORITHM:HEX now; url:URL (or ALGORITHM:URL) once the checksum file is read
+        self.checksum_url = parse_checksum_url(value) if value else None
+        self.checksum = Checksum.parse(value) if value and not self.checksum_url else None
         self.capacity = self._capacity()
 
     def _capacity(self) -> int | None:
@@ -274,13 +130,24 @@ class VolumeImporter(StorageManager):
             # Nothing is downloaded in check mode; a local file is verified now.
             if p["source_path"]:
                 self._local_file()
+                self.result["compression"] = self._local_compression()
             self.diff.add("format", None, p["format"])
             self.diff.add("checksum", None, str(self.checksum) if self.checksum else None)
             return
-        src = self._local_file() if p["source_path"] else self._download(replacing)
         what = f"importing {p['source_path'] or p['source_url']}"
+        vol = None
+        if p["source_path"] and self._local_compression() is None:
+            src = self._local_file()
+        else:
+            raw = self._open_source(replacing)
+            if raw.compression and replacing is None and self.pool_spec.type in FILE_POOL_TYPES:
+                vol, src = self._stream_new(raw, what)
+            else:
+                src = self._to_temp(raw, replacing)
         try:
-            if replacing is None:
+            if vol is not None:
+                pass  # uploaded while it was read
+            elif replacing is None:
                 self._guard(
                     written=src.size,
                     capacity=max(src.virtual_size, src.size),
@@ -293,14 +160,24 @@ class VolumeImporter(StorageManager):
                 vol = self._replace(replacing, src, what)
         finally:
             src.cleanup()
-        if self.checksum and src.digest:
-            self._record_digest(vol, src.digest)
+        if self.checksum and src.content_digest:
+            self._record_digest(vol, src.content_digest)
+            if src.compression:
+                self.digests.put_expanded(str(self.checksum), src.content_digest)
         view = volume_view(vol)
         view["checksum"] = f"{self.checksum.algorithm}:{src.digest}" if self.checksum else None
+        self.result["compression"] = src.compression
         self.diff.add("format", None, view["format"])
         self.diff.add("capacity", None, view["capacity"])
         self.diff.add("checksum", None, view["checksum"])
         self.result["volume"] = view
+
+    def _local_compression(self) -> str | None:
+        try:
+            with open(self.params["source_path"], "rb") as fh:
+                return detect(fh.read(8))
+        except OSError:
+            return None  # _local_file reports it
 
     def _local_file(self) -> ImportFile:
         path = self.params["source_path"]
@@ -375,69 +252,6 @@ class VolumeImporter(StorageManager):
         self._delete_quietly(staged)
         return vol
 
-    def _download(self, replacing=None) -> ImportFile:
-        """Stream the URL to a temporary file, hashing as it goes; verify before upload."""
-        url = self.params["source_url"]
-        fetch = self._fetch or self._fetch_url
-        fd, tmp = tempfile.mkstemp(prefix="virtops-volume-", dir=self.kvm.module.tmpdir)
-        h = self.checksum.new() if self.checksum else None
-        size = 0
-        header = b""
-        try:
-            with os.fdopen(fd, "wb") as out:
-                response = fetch(url)
-                while True:
-                    chunk = response.read(CHUNK)
-                    if not chunk:
-                        break
-                    if len(header) < 32:
-                        header += chunk[: 32 - len(header)]
-                    size += len(chunk)
-                    out.write(chunk)
-                    if h is not None:
-                        h.update(chunk)
-            if size == 0:
-                raise KvmValidationError(f"Download of {url} returned no data")
-            announced = _content_length(response)
-            if announced is not None and size != announced:
-                # http.client returns a body cut short by the server as if it were whole
-                raise http.client.IncompleteRead(b"", announced - size)
-            digest = h.hexdigest() if h is not None else None
-            if digest is not None:
-                self._verify(digest, url)
-        except (KvmError, OSError, http.client.HTTPException) as exc:
-            os.unlink(tmp)
-            if isinstance(exc, KvmError):
-                raise
-            kept = (
-                f"volume '{self.params['name']}' is unchanged"
-                if replacing is not None
-                else "no volume was created"
-            )
-            if isinstance(exc, http.client.IncompleteRead):
-                reason = f"the connection closed {exc.expected} bytes before the end"
-            else:
-                reason = getattr(exc, "strerror", None) or repr(exc)
-            raise KvmError(
-                f"Failed to download {url} after {size} bytes: {reason}. Nothing was imported "
-                f"({kept}, the partial download was removed).",
-                downloaded_bytes=size,
-            ) from exc
-        self.result["downloaded_bytes"] = size
-        return ImportFile(tmp, size, qcow2_virtual_size(header) or size, digest, temporary=True)
-
-    def _fetch_url(self, url: str):
-        from ansible.module_utils.urls import fetch_url  # noqa: PLC0415 (only imports need it)
-
-        module = self.kvm.module
-        response, info = fetch_url(module, url, timeout=self.params["url_timeout"])
-        if response is None or info.get("status") != 200:
-            raise KvmError(
-                f"Failed to download {url}: HTTP {info.get('status')} {info.get('msg', '')}",
-                status=info.get("status"),
-            )
-        return response
-
     def _upload_new(self, spec: VolumeSpec, src: ImportFile):
         """Create a raw volume of the file's size and stream the file into it.
 
@@ -457,20 +271,26 @@ class VolumeImporter(StorageManager):
                 except libvirt.libvirtError:
                     stream.abort()
                     raise
-            self.pool.refresh(0)
-            vol = self.pool.storageVolLookupByName(spec.name)
-            actual_format = VolumeSpec.from_xml(vol.XMLDesc(0)).format
-            wanted = self.params["format"]
-            if wanted and actual_format and actual_format != wanted:
-                raise KvmValidationError(
-                    f"The imported image is {actual_format}, but format={wanted} was asked. "
-                    "Nothing was imported."
-                )
+            vol = self._probed(spec.name)
         except (KvmError, libvirt.libvirtError) as exc:
             self._delete_quietly(spec.name)
             if isinstance(exc, KvmError):
                 raise
             raise from_libvirt(exc, f"upload into volume '{spec.name}'") from exc
+        return vol
+
+    def _probed(self, name: str):
+        """The uploaded volume once libvirt has probed its format, which must be the one
+        asked for."""
+        self.pool.refresh(0)
+        vol = self.pool.storageVolLookupByName(name)
+        actual_format = VolumeSpec.from_xml(vol.XMLDesc(0)).format
+        wanted = self.params["format"]
+        if wanted and actual_format and actual_format != wanted:
+            raise KvmValidationError(
+                f"The imported image is {actual_format}, but format={wanted} was asked. "
+                "Nothing was imported."
+            )
         return vol
 
     def _delete_quietly(self, name: str) -> None:

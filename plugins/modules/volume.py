@@ -17,6 +17,10 @@ description:
   - "Disk-space guard: a new or grown volume that does not fit the pool's available space
     is refused. Sparse volumes (V(raw) or V(qcow2) without preallocation in file pools, RBD)
     may overcommit the pool with O(allow_overcommit=true); preallocated ones never."
+  - "Compressed images (gzip, bzip2, xz; known by the file's first bytes, whatever its name)
+    are decompressed while they are read: the volume holds the decompressed image, and its
+    size is the decompressed size. O(checksum) is of the file as published (compressed), as
+    C(SHA512SUMS) files list them."
   - O(capacity) of an existing volume is grown to the new value. When a running guest uses
     the volume, it is grown with the guest's block resize, so the guest sees the new size
     at once. Shrinking fails unless O(allow_shrink=true).
@@ -29,10 +33,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     description:
-      - Predicts the changes without making any. Nothing is downloaded, and an existing
-        volume is not read to verify O(checksum) - its digest as recorded by an earlier run on
-        this host is compared instead (see O(checksum)). Without such a record, check mode
-        warns and predicts the replacement when O(force=true), no change otherwise.
+      - Predicts the changes without making any. Nothing is downloaded but a checksum file
+        (O(checksum=url:URL)), and an existing volume is not read to verify O(checksum) - its
+        digest as recorded by an earlier run on this host is compared instead (see
+        O(checksum)). Without such a record, check mode warns and predicts the replacement
+        when O(force=true), no change otherwise.
   idempotent:
     description: >-
       Imports happen once; when the volume exists and O(checksum) matches its content,
@@ -116,15 +121,34 @@ options:
     description:
       - Import this file of the managed host into a new volume (streamed through libvirt,
         so the pool may be on another host).
+      - A gzip, bzip2 or xz file is decompressed on the way (see O(source_url)).
     type: path
   source_url:
     description:
       - Download this URL on the managed host (to a temporary file) and import it into a
         new volume. V(http), V(https) and V(ftp) URLs.
+      - A gzip, bzip2 or xz file (known by its magic bytes, not by its name) is decompressed
+        while it is downloaded. Into a new volume of a V(dir), V(fs) or V(netfs) pool it is
+        streamed straight into the volume, with no temporary copy; the decompressed size is
+        known only at the end, so the upload stops and the volume is deleted as soon as it
+        would write more than the pool had available. Into V(logical) and V(rbd) pools
+        (whose volumes need their size up front), and when replacing a volume
+        (O(force=true)), it is decompressed into a temporary file first.
     type: str
   checksum:
     description:
-      - V(ALGORITHM:HEXDIGEST) of the file to import, for example V(sha256:9f86d0...).
+      - V(ALGORITHM:HEXDIGEST) of the file to import, for example V(sha256:9f86d0...); or
+        V(url:URL) of a checksum file (C(SHA512SUMS), C(SHA256SUMS)...), from which the
+        entry for the image's file name (the last part of O(source_url)'s path, or of
+        O(source_path)) is taken. Lines as C(sha512sum) writes them (V(HASH  name),
+        V(HASH *name)) and BSD style (V(SHA512 (name\) = HASH)) are understood; the algorithm
+        is the one a BSD line names, else the one in the checksum file's name, else the one
+        the digest's length implies. V(ALGORITHM:URL) (V(sha512:https://.../SHA512SUMS)) names
+        it. A checksum file without an entry for the image fails before anything is
+        downloaded. The checksum file is read on every run, in check mode too.
+      - For a compressed image, the checksum of the compressed file as published. It is
+        verified when the whole file has been read; the volume, streamed meanwhile, is
+        deleted when it does not match.
       - A download or local file that does not match fails, and nothing is imported.
       - When the volume already exists, its content is read back through libvirt and hashed
         (this reads the whole volume); when it matches, nothing is downloaded. When it does
@@ -135,6 +159,12 @@ options:
         runs on (C(~/.cache/virtops-kvm/volume-digests.json)), each with the volume's size and
         modification and change times; check mode compares a record only while these are
         unchanged.
+      - A volume imported from a compressed image holds other bytes than the checksum is
+        of, so at the import the digest of the decompressed content is recorded too (beside
+        the other digests), and an existing volume is compared with it. On a host without
+        that record, a compressed O(source_path), or a O(source_url) whose name ends in
+        V(.gz), V(.bz2) or V(.xz), is read again and decompressed (not stored) to learn it;
+        check mode does not download it and warns instead.
       - The recorded checksum is the content itself, so a volume that guests write to (or
         that is grown) no longer matches. Import base images with a checksum and give guests
         overlays (O(backing)) on them.
@@ -188,6 +218,14 @@ EXAMPLES = r"""
     format: qcow2
     source_url: https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2
     checksum: "sha512:{{ debian_image_sha512 }}"
+
+- name: Import an xz-compressed image, its checksum picked from the published SHA256SUMS
+  virtops.kvm.volume:
+    pool: images
+    name: alpine-3.20-base.qcow2
+    format: qcow2
+    source_url: https://example.org/images/alpine-3.20.qcow2.xz
+    checksum: url:https://example.org/images/SHA256SUMS
 
 - name: A 20 GiB overlay for a guest on the base image
   virtops.kvm.volume:
@@ -262,7 +300,8 @@ volume:
       type: dict
       returned: success
     checksum:
-      description: Checksum of the imported content.
+      description: Checksum of the imported file (of the compressed file for a compressed
+        image, as O(checksum) gives it).
       type: str
       returned: after an import
 actions:
@@ -278,9 +317,30 @@ checksum_verified:
   returned: when O(checksum) is set and the volume existed
   type: bool
 downloaded_bytes:
-  description: Bytes downloaded from O(source_url).
+  description: Bytes downloaded from O(source_url) (compressed, as served).
   returned: when a download happened
   type: int
+compression:
+  description: The compression of the imported file (V(gzip), V(bzip2), V(xz)), or null.
+  returned: when an import happened (in check mode, for a O(source_path))
+  type: str
+checksum_entry:
+  description: The entry taken from the checksum file of O(checksum=url:URL).
+  returned: when O(checksum) is a checksum file and O(state=present)
+  type: dict
+  contains:
+    url:
+      description: The checksum file.
+      type: str
+      returned: success
+    name:
+      description: The image's file name looked up in it.
+      type: str
+      returned: success
+    checksum:
+      description: V(ALGORITHM:HEXDIGEST) found.
+      type: str
+      returned: success
 users:
   description:
     - Who used the volume when it was deleted or replaced with O(force=true); the same list
