@@ -21,6 +21,7 @@ from . import _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._domain_checks import HostChecks
+from ._domain_consoles import consoles_of
 from ._domain_devices import read_disks
 from ._domain_lifecycle import Lifecycle, plan
 from ._domain_live import LiveUpdater, pending_restart
@@ -185,7 +186,15 @@ class DomainManager:
             changed = bool(self.tracker) or will_restart
             shown = new_root if config_changed else actual_root
             pending = [] if will_restart else restart_required
-            return self._result(changed, wish.name, final, shown, pending, restarted=will_restart)
+            return self._result(
+                changed,
+                wish.name,
+                final,
+                shown,
+                pending,
+                restarted=will_restart,
+                consoles=consoles_of(dom, shown, active=current in ACTIVE_STATES),
+            )
 
         # ---- apply: one definition write, then live, then the run state
         if config_changed:
@@ -233,6 +242,7 @@ class DomainManager:
             restarted=restarted,
             forced=forced,
             live_applied=live_applied,
+            consoles=consoles_of(dom, result_root, active=final_state in ACTIVE_STATES),
         )
 
     # ------------------------------------------------------------------ helpers
@@ -364,6 +374,7 @@ class DomainManager:
         forced: bool = False,
         live_applied: list[str] | None = None,
         gone: bool = False,
+        consoles: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         for warning in self.warnings:
             self.kvm.warn(self.redactor.text(warning))
@@ -378,6 +389,7 @@ class DomainManager:
             "forced": forced,
             "live_applied": live_applied or [],
             "xml": self.redactor.xml(root) if root is not None and not gone else None,
+            "consoles": consoles or [],
         }
         if self.kvm.diff_mode:
             result["diff"] = self.tracker.diff()

@@ -10,7 +10,10 @@ persistence and "has snapshots" from filtered ``listAllDomains`` calls; DHCP lea
 ``DHCPLeases`` call per network. Per guest there is one ``XMLDesc`` (libvirt has no bulk
 call for definitions), a ``snapshotNum`` only for guests that have snapshots, and an agent
 query only for running guests whose agent channel is connected. An agent that fails does not
-fail the listing: its error is reported on that guest.
+fail the listing: its error is reported on that guest. Disk and network I/O counters come
+from the same bulk statistics call; consoles (with their live ports) from the definition
+(the live one of a running guest). With ``guest_info`` one ``virDomainGetGuestInfo`` per
+running guest with an agent channel adds what the agent reports, or why it does not answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _xml
+from ._domain_agent import agent_report, io_counters
+from ._domain_consoles import consoles
 from ._domain_devices import AGENT_CHANNEL, Disk, Interface
 from ._domain_model import summarize
 from ._errors import from_libvirt, is_error
@@ -30,6 +35,8 @@ STATS = (
     "VIR_DOMAIN_STATS_VCPU",
     "VIR_DOMAIN_STATS_CPU_TOTAL",
 )
+# disk and network I/O counters (for a shut-off guest libvirt looks at its local disk files)
+IO_STATS = ("VIR_DOMAIN_STATS_BLOCK", "VIR_DOMAIN_STATS_INTERFACE")
 
 
 def _flag(*names: str) -> int:
@@ -40,9 +47,19 @@ def _flag(*names: str) -> int:
 
 
 class DomainInfo:
-    def __init__(self, conn, *, include_xml: bool = False, ip_sources=("lease", "agent")):
+    def __init__(
+        self,
+        conn,
+        *,
+        include_xml: bool = False,
+        ip_sources=("lease", "agent"),
+        guest_info: bool = False,
+        io_stats: bool = False,
+    ):
         self.conn = conn
         self.include_xml = include_xml
+        self.guest_info = guest_info
+        self.stats_flags = _flag(*STATS, *(IO_STATS if io_stats else ()))
         self.ip_sources = tuple(ip_sources)
 
     def _call(self, func, action: str, *args):
@@ -68,11 +85,11 @@ class DomainInfo:
                     return []
                 raise from_libvirt(exc, f"look up guest {name}") from exc
             stats = self._call(
-                self.conn.domainListGetStats, "read guest statistics", doms, _flag(*STATS), 0
+                self.conn.domainListGetStats, "read guest statistics", doms, self.stats_flags, 0
             )
         else:
             stats = self._call(
-                self.conn.getAllDomainStats, "read guest statistics", _flag(*STATS), 0
+                self.conn.getAllDomainStats, "read guest statistics", self.stats_flags, 0
             )
         autostart = self._uuids(_flag("VIR_CONNECT_LIST_DOMAINS_AUTOSTART"))
         persistent = self._uuids(_flag("VIR_CONNECT_LIST_DOMAINS_PERSISTENT"))
@@ -174,7 +191,19 @@ class DomainInfo:
                 "vcpus_maximum": record.get("vcpu.maximum"),
                 "cpu_time_ns": record.get("cpu.time"),
             },
+            "consoles": consoles(root),
         }
+        if self.stats_flags & _flag(*IO_STATS):
+            guest["stats"].update(io_counters(record))
+        if self.guest_info:
+            guest["guest_agent"] = agent_report(
+                dom,
+                running=state == "running",
+                has_channel=any(
+                    _xml.attr(c, "target", "name") == AGENT_CHANNEL
+                    for c in root.findall("devices/channel")
+                ),
+            )
         if ip_errors:
             guest["errors"] = ip_errors
         if self.include_xml:

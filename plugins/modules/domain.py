@@ -657,6 +657,21 @@ kept_volumes:
       type: str
       returned: success
       sample: "in use: guest web2 (running) disk vdb uses data.qcow2"
+consoles:
+  description:
+    - Where to connect to the guest's consoles - every graphics device (VNC, SPICE), then
+      every serial and console device, as M(virtops.kvm.domain_info) reports them in
+      RV(virtops.kvm.domain_info#module:guests[].consoles).
+    - Read from the live definition while the guest runs (after the run, or as it runs now
+      in check mode), so an automatic port is the one QEMU listens on; from the inactive
+      definition otherwise (an automatic port is then null).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {device: graphics, type: vnc, listen: 127.0.0.1, port: 5900, autoport: true, socket: null}
+    - {device: serial, type: pty, target_type: isa-serial, target_port: 0, path: /dev/pts/3,
+       listen: null, port: null}
 xml:
   description:
     - The inactive definition after the run (predicted in check mode).

@@ -17,6 +17,12 @@ description:
     IP addresses come from the DHCP leases of libvirt networks (one call per network) and,
     for running guests with a connected guest agent channel, from the guest agent. An agent
     error is reported on that guest in RV(guests[].errors) and does not fail the listing.
+  - Every graphics (VNC, SPICE) and serial or console device is listed in
+    RV(guests[].consoles) with the port and listen address to connect to. For a running guest
+    they come from its live definition, so an automatic port is the one QEMU listens on.
+  - Disk and network I/O counters come from the same bulk statistics call.
+  - With O(guest_info=true), what the QEMU guest agent reports about the running guest
+    (RV(guests[].guest_agent)).
 author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
@@ -46,6 +52,18 @@ options:
     description: Add each guest's definition (live for running guests) as RV(guests[].xml).
     type: bool
     default: false
+  guest_info:
+    description:
+      - Ask the QEMU guest agent of each running guest what it knows (one
+        C(virDomainGetGuestInfo) call per guest) - OS, hostname, time zone, file systems with
+        their usage, logged-in users, network interfaces - into RV(guests[].guest_agent).
+      - A guest whose agent does not answer (no agent channel, agent not running in the guest,
+        guest not running) gets C(answering=false) and the reason; this never fails the
+        listing.
+      - The guest needs the agent channel (O(virtops.kvm.domain#module:guest_agent=true)) and
+        the C(qemu-guest-agent) service running inside it.
+    type: bool
+    default: false
 seealso:
   - module: virtops.kvm.domain
 """
@@ -67,6 +85,30 @@ EXAMPLES = r"""
     name: web1
     include_xml: true
   register: web1
+
+- name: What the guest agent of web1 reports
+  virtops.kvm.domain_info:
+    name: web1
+    guest_info: true
+  register: web1_agent
+
+- name: Its OS, or why the agent does not answer
+  ansible.builtin.debug:
+    msg: >-
+      {{ (agent.os.pretty_name ~ ' on ' ~ agent.hostname) if agent.answering else agent.reason }}
+  vars:
+    agent: "{{ web1_agent.guests[0].guest_agent }}"
+  when: web1_agent.guests | length == 1
+
+- name: Where to connect a VNC viewer to each running guest
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: {{ vnc.listen }}:{{ vnc.port }}"
+  loop: "{{ web.guests }}"
+  loop_control:
+    label: "{{ item.name }}"
+  vars:
+    vnc: "{{ item.consoles | selectattr('type', 'equalto', 'vnc') | first | default({}) }}"
+  when: vnc.port is defined
 """
 
 RETURN = r"""
@@ -114,8 +156,41 @@ guests:
       type: list
       elements: dict
     stats:
-      description: Balloon size, vCPUs and CPU time from the bulk statistics.
+      description:
+        - Balloon size, vCPUs and CPU time from the bulk statistics.
+        - C(disks) - per disk C(name) (target), C(path), C(read_bytes), C(read_requests),
+          C(read_time_ns), C(write_bytes), C(write_requests), C(write_time_ns),
+          C(flush_requests), C(flush_time_ns), C(allocation), C(capacity), C(physical)
+          (counters since the guest started; empty for a guest that does not run).
+        - C(interfaces) - per NIC C(name) (host device), C(rx_bytes), C(rx_packets),
+          C(rx_errors), C(rx_drops), C(tx_bytes), C(tx_packets), C(tx_errors), C(tx_drops).
       type: dict
+    consoles:
+      description:
+        - Graphics devices first, then serial and console devices.
+        - Graphics - C(device=graphics), C(type) (V(vnc), V(spice)), C(listen) (address),
+          C(port) (the live port of a running guest, automatic ones included; null while it
+          does not run with an automatic port), C(autoport), C(socket) (a UNIX socket listen),
+          C(tls_port) (SPICE).
+        - Serial and console devices - C(device) (V(serial), V(console)), C(type) (V(pty),
+          V(file), V(unix), V(tcp)...), C(target_type), C(target_port), C(path) (the
+          C(/dev/pts/N) of a running pty, a file or socket path), C(listen) and C(port) (TCP).
+      type: list
+      elements: dict
+    guest_agent:
+      description:
+        - What the guest agent reports. C(answering) - whether it answered; when not,
+          C(reason) says why (for example V(the guest is not running), no agent channel, or
+          libvirt's "agent not answering" message).
+        - When it answers - C(os) (C(id), C(name), C(pretty_name), C(version), C(version_id),
+          C(kernel_release), C(kernel_version), C(machine)...), C(hostname), C(timezone)
+          (C(name), C(offset) in seconds), C(filesystems) (C(mountpoint), C(name), C(fstype),
+          C(total_bytes), C(used_bytes), C(used_percent), C(disks)), C(users) (C(name),
+          C(domain), C(login_time_ms)), C(interfaces) (C(name), C(mac), C(addresses) with
+          C(type), C(address), C(prefix)), C(disks) (the guest's block devices - C(name),
+          C(alias) of the guest disk, C(partition)).
+      type: dict
+      returned: when O(guest_info=true)
     errors:
       description: What could not be read for this guest (for example the guest agent).
       type: list
@@ -149,17 +224,25 @@ ARGUMENT_SPEC = {
         "default": ["lease", "agent"],
     },
     "include_xml": {"type": "bool", "default": False},
+    "guest_info": {"type": "bool", "default": False},
 }
 
 
 def run(m: KvmModule) -> dict:
     p = m.params
-    info = DomainInfo(m.conn, include_xml=p["include_xml"], ip_sources=p["ip_sources"])
+    info = DomainInfo(
+        m.conn,
+        include_xml=p["include_xml"],
+        ip_sources=p["ip_sources"],
+        guest_info=p["guest_info"],
+        io_stats=True,
+    )
     return {"changed": False, "guests": info.collect(p["name"], p["states"], p["tags"])}
 
 
 def main() -> None:
-    # Read-write: libvirt answers guest agent queries (ip_sources=agent) only on such a connection.
+    # Read-write: libvirt answers guest agent queries (ip_sources=agent, guest_info) only on
+    # such a connection.
     module = KvmModule(argument_spec=ARGUMENT_SPEC, readonly=False, supports_check_mode=True)
     module.run(run)
 
