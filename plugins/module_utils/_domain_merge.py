@@ -5,23 +5,17 @@
 # Private module_utils of virtops.kvm: not a public API, may change without notice.
 """The domain module's ``xml`` option: a fragment merged into the definition.
 
-Elements are matched by tag (repeatable ones outside ``<devices>`` by their identifying
-attributes) and merged recursively; devices are added unless one already contains the
-fragment's. ``contains`` says whether a definition already has all of a fragment, and
-``xml_parts`` shows the touched parts in the diff.
+The merge itself is :mod:`._xml_merge` (shared with pool and network); these are the
+domain's rules: repeatable elements outside ``<devices>`` are matched by their identifying
+attributes, devices are added unless one already contains the fragment's, and a missing
+top-level element is made at its place in libvirt's order.
 """
 
 from __future__ import annotations
 
-import copy
-
-from . import _xml
+from . import _xml_merge
 from ._domain_xml import TOP_ORDER, top
-
-try:
-    from lxml import etree
-except ImportError:  # reported by the module wrapper
-    etree = None
+from ._xml_merge import contains
 
 # Repeatable elements outside <devices>, matched by these attributes.
 _IDENTITY = {
@@ -39,69 +33,30 @@ _IDENTITY = {
 }
 
 
+def _place(parent, tag: str):
+    return top(parent, tag) if parent.tag == "domain" and tag in TOP_ORDER else None
+
+
+RULES = _xml_merge.Rules(
+    root="domain",
+    identity={tag: (keys,) for tag, keys in _IDENTITY.items()},
+    lists=frozenset({"devices"}),
+    place=_place,
+)
+
+__all__ = ["RULES", "contains", "merge", "parse_fragment", "xml_parts"]
+
+
 def parse_fragment(text: str):
     """The user's ``xml``: a whole ``<domain>`` or one element of it, as a ``<domain>``."""
-    elem = _xml.parse(text, "xml option")
-    if elem.tag == "domain":
-        return elem
-    wrapper = etree.Element("domain")
-    wrapper.append(elem)
-    return wrapper
+    return _xml_merge.parse_fragment(text, RULES)
 
 
-def contains(actual, wanted) -> bool:
-    """Whether ``actual`` already has every attribute, text and child of ``wanted``."""
-    if actual.tag != wanted.tag:
-        return False
-    for key, value in wanted.attrib.items():
-        if actual.get(key) != value:
-            return False
-    if (wanted.text or "").strip() and (wanted.text or "").strip() != (actual.text or "").strip():
-        return False
-    children = [c for c in actual if isinstance(c.tag, str)]
-    return all(any(contains(c, w) for c in children) for w in wanted if isinstance(w.tag, str))
-
-
-def _candidates(parent, wanted):
-    same = [c for c in parent if c.tag == wanted.tag]
-    keys = _IDENTITY.get(wanted.tag)
-    if keys and all(wanted.get(k) is not None for k in keys):
-        return [c for c in same if all(c.get(k) == wanted.get(k) for k in keys)]
-    return same
-
-
-def merge(actual, wanted, *, in_devices: bool = False) -> None:
+def merge(actual, wanted) -> None:
     """Merge ``wanted`` into ``actual`` (both the same element) in place."""
-    for key, value in wanted.attrib.items():
-        actual.set(key, value)
-    if (wanted.text or "").strip():
-        actual.text = wanted.text
-    for child in wanted:
-        if not isinstance(child.tag, str):
-            continue
-        if any(contains(c, child) for c in actual if c.tag == child.tag):
-            continue
-        candidates = [] if in_devices else _candidates(actual, child)
-        if candidates:
-            merge(candidates[0], child, in_devices=child.tag == "devices")
-        elif actual.tag == "domain" and child.tag in TOP_ORDER:
-            merge(top(actual, child.tag), child, in_devices=child.tag == "devices")
-        else:
-            actual.append(copy.deepcopy(child))
+    _xml_merge.merge(actual, wanted, RULES)
 
 
 def xml_parts(root, fragment) -> str:
     """The parts of ``root`` the fragment touches (for the diff)."""
-    parts = []
-    for child in fragment:
-        if not isinstance(child.tag, str):
-            continue
-        if child.tag == "devices":
-            for dev in child:
-                found = [d for d in root.findall("devices/" + dev.tag) if contains(d, dev)]
-                parts += [_xml.to_string(d) for d in found]
-            continue
-        found = root.find(child.tag) if child.tag != "name" else None
-        if found is not None:
-            parts.append(_xml.to_string(found))
-    return "".join(parts)
+    return _xml_merge.xml_parts(root, fragment, RULES)
