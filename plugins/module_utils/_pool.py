@@ -7,24 +7,23 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import stat
 from dataclasses import fields, replace
 from typing import Any
 
-from . import _xml
+from . import _xml, _xml_merge
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmError, KvmValidationError, from_libvirt
 from ._libvirt import is_this_machine, libvirt
+from ._libvirt_secret import SecretPlan, SecretSpec, apply_secret, decode_value, plan_secret
 from ._storage import (
-    CephSecretSpec,
+    POOL_TYPES,
     PoolSource,
     PoolSpec,
     StorageManager,
-    lookup_ceph_secret,
+    check_required,
     lookup_pool,
     pool_source_view,
     pool_spec_from_params,
@@ -70,6 +69,16 @@ def _inactive_xml(pool) -> str:
 
 _POOL_FIGURES = ("capacity", "allocation", "available")
 
+# The pool module's ``xml`` option: sources list their hosts and devices.
+POOL_RULES = _xml_merge.Rules(root="pool", identity={"host": (("name",),), "device": (("path",),)})
+
+
+def _without_figures(xml: str):
+    root = _xml.parse(xml, "storage pool XML")
+    for tag in _POOL_FIGURES:
+        _xml.remove(root.find(tag))
+    return root
+
 
 def _with_source(actual_xml: str, actual: PoolSource, desired: PoolSource) -> str:
     """The stored definition with the given source settings over the actual ones.
@@ -105,18 +114,26 @@ class PoolManager(StorageManager):
     def present(self) -> None:
         self.diff = DifferenceTracker()  # a second attempt starts from the new state
         self.result = {"changed": False, "actions": []}
-        desired = pool_spec_from_params(self.params)
-        auth_params = (self.params.get("source") or {}).get("auth") or {}
-        secret_value = self._secret_bytes(auth_params.get("secret_value"))
+        fragment, ptype = self._fragment()
+        desired = pool_spec_from_params(self.params, ptype, complete=fragment is None)
+        auth = (self.params.get("source") or {}).get("auth") or {}
+        secret_value = decode_value(
+            auth.get("secret_value"),
+            "base64",
+            "source.auth.secret_value (the Ceph key, as in a keyring)",
+        )
         pool = lookup_pool(self.conn, desired.name, required=False)
         want_active = self.params["active"]
         autostart = self.params["autostart"]
-        created_secret = None
         if pool is None:
+            new_root = _xml.parse(desired.to_xml(), "storage pool XML")
+            if fragment is not None:
+                new_root = self._merge_fragment(desired, None, new_root, fragment, False)
             self.diff.add("state", "absent", "present")
-            self._record_settings(desired, want_active, autostart)
-            if secret_value is not None:
-                created_secret = self._plan_secret(desired, secret_value, auth_params)
+            self._record_settings(
+                PoolSpec.from_xml(_xml.to_string(new_root)), want_active, autostart
+            )
+            secret = self._plan_secret(desired, secret_value, auth)
             if self.check:
                 self._act("define")
                 if want_active:
@@ -124,31 +141,41 @@ class PoolManager(StorageManager):
                 self.result["pool"] = None
                 return
             self._concurrency_guard(desired.name, None, None).check()
-            pool = self._define_new(desired, want_active, autostart, created_secret)
+            pool = self._define_new(_xml.to_string(new_root), want_active, autostart, secret)
             self.result["pool"] = pool_view(pool)
             return
 
         actual_xml = _inactive_xml(pool)
         actual = PoolSpec.from_xml(actual_xml)
         self._check_immutable(desired, actual)
+        is_active = bool(pool.isActive())
         self.diff.add("state", "present", "present")
         self.diff.add("type", actual.type, desired.type)
-        self.diff.add("target", actual.target, desired.target)
+        self.diff.add("target", actual.target, desired.target or actual.target)
         src_before, src_after = _managed_source(
             pool_source_view(desired.source), pool_source_view(actual.source)
         )
-        source_changed = self.diff.add(
-            "source", src_before, src_after, restart_required=bool(pool.isActive())
-        )
-        if secret_value is not None:
-            self._plan_secret(desired, secret_value, auth_params)
-        is_active = bool(pool.isActive())
+        source_changed = self.diff.add("source", src_before, src_after, restart_required=is_active)
+        new_root = None
+        if source_changed:
+            new_root = _xml.parse(
+                _with_source(actual_xml, actual.source, desired.source), "storage pool XML"
+            )
+        xml_changed = False
+        if fragment is not None:
+            base = new_root if new_root is not None else _without_figures(actual_xml)
+            actual_root = _xml.parse(actual_xml, "storage pool XML")
+            new_root = self._merge_fragment(desired, actual_root, base, fragment, is_active)
+            self._check_immutable(PoolSpec.from_xml(_xml.to_string(new_root)), actual)
+            xml_changed = "xml" in self.diff.changed_names()
+        secret = self._plan_secret(desired, secret_value, auth)
         self.diff.add("active", is_active, want_active)
         if autostart is not None:
             self.diff.add("autostart", bool(pool.autostart()), autostart)
 
+        redefine = source_changed or xml_changed
         if self.check:
-            if source_changed:
+            if redefine:
                 self._act("redefine")
             if is_active != want_active:
                 self._act("start" if want_active else "stop")
@@ -156,18 +183,21 @@ class PoolManager(StorageManager):
             self.result["pool"] = pool_view(pool)
             return
 
-        if source_changed:
+        if redefine:
             # the first write: never over a change made since this run read the pool
             self._concurrency_guard(desired.name, actual_xml, pool).check()
-            merged = _with_source(actual_xml, actual.source, desired.source)
-            self._call(lambda: self.conn.storagePoolDefineXML(merged, 0), "redefine")
+            new_xml = _xml.to_string(new_root)
+            self._call(lambda: self.conn.storagePoolDefineXML(new_xml, 0), "redefine")
             self._act("redefine")
             if is_active:
+                changed = ", ".join(self.diff.restart_required())
                 self.kvm.warn(
-                    f"The source of running storage pool '{desired.name}' changed in its "
-                    "configuration only: stop and start the pool to use it."
+                    f"The configuration of running storage pool '{desired.name}' changed "
+                    f"({changed}) in its persistent definition only: stop and start the pool "
+                    "to use it."
                 )
-        self._apply_secret(desired, secret_value, auth_params)
+        if secret is not None and secret.changed:
+            self._write_secret(secret)
         if is_active and not want_active:
             self._call(pool.destroy, "stop")
             self._act("stop")
@@ -180,6 +210,55 @@ class PoolManager(StorageManager):
             self.result["refreshed"] = True
         self.result["restart_required"] = self.diff.restart_required()
         self.result["pool"] = pool_view(pool)
+
+    # ------------------------------------------------------------------ xml option
+
+    def _fragment(self):
+        """The parsed ``xml`` option (or None) and the pool type (the option's or its)."""
+        ptype = self.params["type"]
+        if not self.params.get("xml"):
+            return None, ptype
+        fragment = _xml_merge.parse_fragment(self.params["xml"], POOL_RULES)
+        _xml_merge.check_name(fragment, self.params["name"], "storage pool")
+        given = fragment.get("type")
+        if given is not None and ptype is not None and given != ptype:
+            raise KvmValidationError(
+                f"The xml option gives storage pool type '{given}', but type is '{ptype}'"
+            )
+        ptype = ptype or given
+        if ptype is None:
+            raise KvmValidationError(
+                "The pool type is needed: set type, or give the whole definition "
+                "(<pool type=...>) in the xml option"
+            )
+        return fragment, ptype
+
+    def _merge_fragment(self, typed: PoolSpec, actual_root, base, fragment, active: bool):
+        """``base`` with the fragment merged; the options it sets must read back unchanged."""
+        new_root = _xml_merge.merged(base, fragment, POOL_RULES)
+        got = PoolSpec.from_xml(_xml.to_string(new_root))
+        conflicts = []
+        if got.type != typed.type:
+            conflicts.append(f"type: {typed.type!r}, the definition would have {got.type!r}")
+        if typed.target and _norm_path(got.target) != _norm_path(typed.target):
+            conflicts.append(f"target: {typed.target!r}, the definition would have {got.target!r}")
+        wanted, found = _managed_source(
+            pool_source_view(typed.source), pool_source_view(got.source)
+        )
+        for key in wanted:
+            if found[key] != wanted[key]:
+                conflicts.append(
+                    f"source.{key}: {wanted[key]!r}, the definition would have {found[key]!r}"
+                )
+        if conflicts:
+            raise KvmValidationError(
+                "Conflicting settings (the xml option sets them too): " + "; ".join(conflicts)
+            )
+        if got.type in POOL_TYPES:
+            check_required(got)
+        before, after = _xml_merge.diff_parts(actual_root, new_root, fragment, POOL_RULES)
+        self.diff.add("xml", before, after, restart_required=active)
+        return new_root
 
     def _concurrency_guard(self, name: str, seen: str | None, pool) -> Guard:
         def reread() -> str | None:
@@ -210,23 +289,22 @@ class PoolManager(StorageManager):
                 "(state=absent) and create it again, or use another name."
             )
 
-    def _define_new(self, desired: PoolSpec, active: bool, autostart, new_secret):
+    def _define_new(self, xml: str, active: bool, autostart, secret: SecretPlan | None):
         """Define (and start) a new pool; on failure remove what this run made."""
-        secret = None
+        made_secret = None
         pool = None
         try:
-            if new_secret is not None:
-                secret = self._create_secret(new_secret)
-            else:
-                self._apply_secret(desired, *self._secret_args())
-            pool = self._call(lambda: self.conn.storagePoolDefineXML(desired.to_xml(), 0), "define")
+            if secret is not None and secret.changed:
+                written = self._write_secret(secret)
+                made_secret = written if secret.before is None else None
+            pool = self._call(lambda: self.conn.storagePoolDefineXML(xml, 0), "define")
             self._act("define")
             if active:
                 self._start(pool)
             if autostart:
                 self._call(lambda: pool.setAutostart(1), "set autostart of")
         except (KvmError, libvirt.libvirtError):
-            self._rollback(pool, secret)
+            self._rollback(pool, made_secret)
             raise
         return pool
 
@@ -274,62 +352,36 @@ class PoolManager(StorageManager):
 
     # ------------------------------------------------------------------ Ceph secret
 
-    def _secret_args(self):
-        auth = (self.params.get("source") or {}).get("auth") or {}
-        return self._secret_bytes(auth.get("secret_value")), auth
-
-    @staticmethod
-    def _secret_bytes(value: str | None) -> bytes | None:
+    def _plan_secret(self, desired: PoolSpec, value: bytes | None, auth: dict):
+        """The Ceph secret to create or update (the shared secret code), recorded in the
+        diff; None without O(source.auth.secret_value)."""
         if value is None:
             return None
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise KvmValidationError(
-                "source.auth.secret_value must be the base64 Ceph key (as in a keyring)"
-            ) from exc
-
-    def _plan_secret(self, desired: PoolSpec, value: bytes, auth: dict) -> CephSecretSpec | None:
-        """Record the secret change; return the spec of a secret to create, if missing."""
         if desired.type != "rbd":
             raise KvmValidationError("source.auth applies to rbd pools only")
-        usage = desired.source.auth.secret_usage
-        uuid = desired.source.auth.secret_uuid
-        secret = lookup_ceph_secret(self.conn, usage, uuid)
-        if secret is None:
-            if uuid and not usage:
-                usage = f"client.{desired.source.auth.username} secret"
-            self.diff.add("secret", None, {"usage": usage, "uuid": uuid})
-            return CephSecretSpec(usage=usage, uuid=uuid, description=f"Ceph key of {desired.name}")
-        if auth.get("secret_update") == "always":
-            self.diff.add("secret_value", "(not readable)", "(set)")
-        return None
-
-    def _create_secret(self, spec: CephSecretSpec):
-        value, _auth = self._secret_args()
-        secret = self._call(lambda: self.conn.secretDefineXML(spec.to_xml(), 0), "define secret of")
-        try:
-            secret.setValue(value, 0)
-        except libvirt.libvirtError as exc:
-            secret.undefine()
-            raise from_libvirt(exc, "set the value of the Ceph secret") from exc
-        self.result["secret_uuid"] = secret.UUIDString()
-        self._act("define secret")
-        return secret
-
-    def _apply_secret(self, desired: PoolSpec, value: bytes | None, auth: dict) -> None:
-        """Existing pools: create a missing secret, or update the value when asked."""
-        if value is None or desired.type != "rbd":
-            return
         a = desired.source.auth
-        secret = lookup_ceph_secret(self.conn, a.secret_usage, a.secret_uuid)
-        if secret is None:
-            usage = a.secret_usage or f"client.{a.username} secret"
-            self._create_secret(CephSecretSpec(usage=usage, uuid=a.secret_uuid))
-        elif auth.get("secret_update") == "always":
-            self._call(lambda: secret.setValue(value, 0), "set the secret value of")
+        wanted = SecretSpec(usage_type="ceph", usage_id=a.secret_usage, uuid=a.secret_uuid)
+        update = "always" if auth.get("secret_update") == "always" else "compare"
+        plan = plan_secret(self.conn, wanted, value, update)
+        if plan.before is None:
+            if plan.desired.usage_id is None:
+                plan.desired.usage_id = f"client.{a.username} secret"
+            plan.desired.description = f"Ceph key of storage pool '{desired.name}'"
+            self.diff.add(
+                "secret", None, {"usage": plan.desired.usage_id, "uuid": plan.desired.uuid}
+            )
+        elif plan.set_value:
+            self.diff.add("secret_value", *plan.value_diff())
+        return plan
+
+    def _write_secret(self, plan: SecretPlan):
+        secret = apply_secret(self.conn, plan)
+        self.result["secret_uuid"] = secret.UUIDString()
+        if plan.before is None:
+            self._act("define secret")
+        elif plan.set_value:
             self._act("set secret value")
-            self.result["secret_uuid"] = secret.UUIDString()
+        return secret
 
     # ------------------------------------------------------------------ absent
 

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Private module_utils of virtops.kvm: not a public API, may change without notice.
-"""Typed models of libvirt storage XML (pools, volumes, Ceph secrets) and shared helpers.
+"""Typed models of libvirt storage XML (pools, volumes) and shared helpers.
 
 The models are parsed from and built into XML with lxml and compared as objects, never as
 text. Fields set to ``None`` are "not managed": libvirt's own defaults are left alone.
@@ -20,6 +20,8 @@ from ._errors import KvmValidationError, from_libvirt
 from ._libvirt import libvirt, lookup_or_none, pool_state_name
 
 POOL_TYPES = ("dir", "fs", "netfs", "logical", "rbd")
+# Types the options do not model: their source (and anything else) comes from the xml option.
+XML_POOL_TYPES = ("disk", "iscsi", "iscsi-direct", "scsi", "mpath", "gluster", "zfs", "vstorage")
 # Pool types whose volumes are files in a directory that libvirt manages (sparse files work).
 FILE_POOL_TYPES = ("dir", "fs", "netfs")
 POOL_SOURCE_FORMATS = {
@@ -35,10 +37,13 @@ SECTOR = 512
 
 
 @dataclass
-class CephAuth:
+class PoolAuth:
+    """``<auth>`` of a pool source: Ceph (rbd) or CHAP (iscsi) with a libvirt secret."""
+
     username: str
     secret_usage: str | None = None
     secret_uuid: str | None = None
+    type: str = "ceph"
 
 
 @dataclass
@@ -49,7 +54,7 @@ class PoolSource:
     name: str | None = None  # logical: volume group; rbd: Ceph pool
     format: str | None = None
     protocol_version: str | None = None  # netfs nfs: <protocol ver=.../>
-    auth: CephAuth | None = None
+    auth: PoolAuth | None = None
 
     def is_empty(self) -> bool:
         return self == PoolSource()
@@ -81,10 +86,11 @@ class PoolSpec:
             source.protocol_version = _xml.attr(src, "protocol", "ver")
             auth = src.find("auth")
             if auth is not None:
-                source.auth = CephAuth(
+                source.auth = PoolAuth(
                     username=auth.get("username"),
                     secret_usage=_xml.attr(auth, "secret", "usage"),
                     secret_uuid=_xml.attr(auth, "secret", "uuid"),
+                    type=auth.get("type") or "ceph",
                 )
         return cls(
             name=_xml.text(root, "name"),
@@ -108,7 +114,7 @@ class PoolSpec:
         for dev in s.devices:
             _xml.sub(src, "device", path=dev)
         if s.auth is not None:
-            auth = _xml.sub(src, "auth", type="ceph", username=s.auth.username)
+            auth = _xml.sub(src, "auth", type=s.auth.type, username=s.auth.username)
             _xml.sub(auth, "secret", uuid=s.auth.secret_uuid, usage=s.auth.secret_usage)
         if s.name:
             _xml.sub(src, "name", s.name)
@@ -122,9 +128,16 @@ class PoolSpec:
         return _xml.to_string(root)
 
 
-def pool_spec_from_params(params: dict[str, Any]) -> PoolSpec:
-    """Validate the pool module's options and build the desired pool model."""
-    ptype = params["type"]
+def pool_spec_from_params(
+    params: dict[str, Any], ptype: str | None = None, *, complete: bool = True
+) -> PoolSpec:
+    """Validate the pool module's options and build the desired pool model.
+
+    ``ptype`` is the type when the ``xml`` option gives it. With ``complete=False`` (an
+    ``xml`` option completes the definition) only contradictions are refused here; what a
+    type requires is checked on the merged definition with ``check_required``.
+    """
+    ptype = ptype or params["type"]
     name = params["name"]
     src = params.get("source") or {}
     target = params.get("target")
@@ -140,7 +153,7 @@ def pool_spec_from_params(params: dict[str, Any]) -> PoolSpec:
     )
     auth = src.get("auth")
     if auth:
-        source.auth = CephAuth(
+        source.auth = PoolAuth(
             username=auth["username"],
             secret_usage=auth.get("secret_usage"),
             secret_uuid=auth.get("secret_uuid"),
@@ -152,26 +165,23 @@ def pool_spec_from_params(params: dict[str, Any]) -> PoolSpec:
         if not cond:
             raise KvmValidationError(f"Storage pool '{name}' of type '{ptype}': {msg}")
 
-    if ptype in ("dir", "fs", "netfs"):
-        need(bool(target), "option 'target' (the directory of the pool) is required")
     if target is not None:
         need(ptype != "rbd", "option 'target' does not apply to rbd pools")
         need(target.startswith("/"), f"option 'target' must be an absolute path, got '{target}'")
+    if ptype in XML_POOL_TYPES:
+        need(
+            source.is_empty(),
+            "option 'source' covers the typed pool types only: give the "
+            "source of this type in the xml option",
+        )
+        return PoolSpec(name=name, type=ptype, target=target, source=source)
     if ptype == "dir":
         need(source.is_empty(), "option 'source' does not apply to dir pools")
-    if ptype == "fs":
-        need(len(devices) == 1, "option 'source.devices' must name exactly one block device")
-    if ptype == "netfs":
-        need(len(hosts) == 1, "option 'source.hosts' must name exactly one server")
-        need(bool(source.dir), "option 'source.dir' (the exported directory) is required")
     if ptype == "logical":
         if source.name is None:
             source.name = name
         if target is None:
             target = f"/dev/{source.name}"
-    if ptype == "rbd":
-        need(bool(hosts), "option 'source.hosts' must name at least one Ceph monitor")
-        need(bool(source.name), "option 'source.name' (the Ceph pool) is required")
     if ptype != "rbd":
         need(source.auth is None, "option 'source.auth' applies to rbd pools only")
     if ptype not in ("netfs",):
@@ -188,7 +198,30 @@ def pool_spec_from_params(params: dict[str, Any]) -> PoolSpec:
         )
     elif ptype == "netfs":
         source.format = "nfs"
-    return PoolSpec(name=name, type=ptype, target=target, source=source)
+    spec = PoolSpec(name=name, type=ptype, target=target, source=source)
+    if complete:
+        check_required(spec)
+    return spec
+
+
+def check_required(spec: PoolSpec) -> None:
+    """What each typed pool type needs (on the options, or on the merged definition)."""
+    s = spec.source
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise KvmValidationError(f"Storage pool '{spec.name}' of type '{spec.type}': {msg}")
+
+    if spec.type in ("dir", "fs", "netfs"):
+        need(bool(spec.target), "option 'target' (the directory of the pool) is required")
+    if spec.type == "fs":
+        need(len(s.devices) == 1, "option 'source.devices' must name exactly one block device")
+    if spec.type == "netfs":
+        need(len(s.hosts) == 1, "option 'source.hosts' must name exactly one server")
+        need(bool(s.dir), "option 'source.dir' (the exported directory) is required")
+    if spec.type == "rbd":
+        need(bool(s.hosts), "option 'source.hosts' must name at least one Ceph monitor")
+        need(bool(s.name), "option 'source.name' (the Ceph pool) is required")
 
 
 def _parse_host(value: str) -> tuple[str, int | None]:
@@ -389,37 +422,6 @@ def human(num: int | None) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{num} B"  # pragma: no cover
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-@dataclass
-class CephSecretSpec:
-    usage: str
-    uuid: str | None = None
-    description: str | None = None
-
-    def to_xml(self) -> str:
-        root = _xml.etree.Element("secret", ephemeral="no", private="yes")
-        if self.uuid:
-            _xml.sub(root, "uuid", self.uuid)
-        if self.description:
-            _xml.sub(root, "description", self.description)
-        usage = _xml.sub(root, "usage", type="ceph")
-        _xml.sub(usage, "name", self.usage)
-        return _xml.to_string(root)
-
-
-def lookup_ceph_secret(conn, usage: str | None, uuid: str | None):
-    def lookup():
-        if uuid:
-            return conn.secretLookupByUUIDString(uuid)
-        return conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, usage)
-
-    return lookup_or_none(
-        lookup, libvirt.VIR_ERR_NO_SECRET, f"look up libvirt secret '{uuid or usage}'"
-    )
 
 
 # --------------------------------------------------------------------------- info

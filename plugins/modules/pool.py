@@ -11,13 +11,15 @@ short_description: Manage libvirt storage pools
 version_added: 0.1.0
 description:
   - Define, build, start, stop, autostart, refresh and remove libvirt storage pools of types
-    V(dir), V(fs), V(netfs) (NFS), V(logical) (LVM volume group) and V(rbd) (Ceph RBD).
+    V(dir), V(fs), V(netfs) (NFS), V(logical) (LVM volume group) and V(rbd) (Ceph RBD), and
+    of every other type libvirt knows (iSCSI, SCSI, multipath, disk, ZFS, Gluster...) with
+    O(xml) for what the options do not model.
   - The pool is persistent. Its storage is built (the directory created, the file system
     made, the volume group created) only when starting it fails and O(build=true), and
     always with libvirt's no-overwrite build, so existing data is never formatted over.
   - The O(type) and O(target) of an existing pool cannot change, and the module fails with a
-    message saying so. A changed O(source) is written to the pool's persistent
-    configuration; a running pool keeps using the old source until it is stopped and
+    message saying so. A changed O(source) (or O(xml)) is written to the pool's persistent
+    configuration; a running pool keeps using the old one until it is stopped and
     started, and the module reports that in RV(restart_required).
   - Returns the capacity, allocation and available bytes of the pool.
 author:
@@ -50,11 +52,17 @@ options:
     default: present
   type:
     description:
-      - The pool type. Required with O(state=present).
+      - The pool type. With O(state=present) it is required, unless O(xml) is a whole
+        C(<pool type=...>) definition.
       - V(rbd) needs libvirt's RBD storage backend on the host
         (Debian package C(libvirt-daemon-driver-storage-rbd)) and a Ceph cluster.
+      - The options model V(dir), V(fs), V(netfs), V(logical) and V(rbd). The other types
+        take O(target) but no O(source) - give their source in O(xml). Which of them a host
+        supports depends on its libvirt storage backends.
     type: str
-    choices: [dir, fs, netfs, logical, rbd]
+    choices:
+      [dir, fs, netfs, logical, rbd, disk, iscsi, iscsi-direct, scsi, mpath, gluster, zfs,
+       vstorage]
   target:
     description:
       - The directory of V(dir), V(fs) and V(netfs) pools (required for these types) -
@@ -118,12 +126,16 @@ options:
               - When set, the module creates the libvirt secret if it is missing (private,
                 persistent) and sets its value. A failed pool creation removes the secret
                 it made.
-              - libvirt does not give back the value of a private secret, so an existing
-                secret's value is only set again with O(source.auth.secret_update=always).
+              - This is the secret code of M(virtops.kvm.secret) (use that module for other
+                secrets, or to manage this one on its own). libvirt does not give back the
+                value of a private secret, so an existing private secret's value is only
+                set again with O(source.auth.secret_update=always).
             type: str
           secret_update:
             description:
-              - V(on_create) sets the value only when the module creates the secret.
+              - V(on_create) sets the value when the module creates the secret, and, for an
+                existing secret that is not private (libvirt gives its value back), when it
+                has no value or another one.
               - V(always) sets it on every run (and so always reports a change).
             type: str
             choices: [on_create, always]
@@ -149,6 +161,22 @@ options:
       - This only updates libvirt's view of the storage, so it is not reported as a change.
     type: bool
     default: false
+  xml:
+    description:
+      - A fragment of storage pool XML (one element, such as C(<source>...</source>) or
+        C(<target>...</target>)) or a whole C(<pool>) definition, merged over what the
+        options produce, for what they do not model - the source of the pool types without
+        typed options (an iSCSI target and its CHAP C(<auth>), a SCSI adapter, a disk's
+        partition table), the permissions of the target directory, and so on.
+      - It adds and sets elements and attributes, and never removes any (a host name added
+        to a DNS host is added beside the others).
+      - It is compared with the definition element by element, never as text, and counts
+        as unchanged when the definition already contains it. Write it as libvirt stores
+        it to stay idempotent (M(virtops.kvm.pool_info) does not show the XML; C(virsh
+        pool-dumpxml --inactive) does).
+      - It may not contradict the options (O(name), O(type), O(target), O(source)); the
+        module fails before any change when it does, or when it is not well-formed XML.
+    type: str
   delete_storage:
     description:
       - With O(state=absent), delete every volume of the pool and then the pool's storage
@@ -220,6 +248,35 @@ EXAMPLES = r"""
       auth:
         username: libvirt
         secret_value: "{{ ceph_libvirt_key }}"
+
+- name: A directory pool whose directory belongs to a group, set through the xml option
+  virtops.kvm.pool:
+    name: shared
+    type: dir
+    target: /srv/shared-images
+    xml: |
+      <target>
+        <permissions>
+          <mode>0770</mode>
+          <owner>0</owner>
+          <group>64055</group>
+        </permissions>
+      </target>
+
+- name: An iSCSI pool (a type without typed options), with CHAP through a libvirt secret
+  virtops.kvm.pool:
+    name: iscsi
+    type: iscsi
+    target: /dev/disk/by-path
+    active: false
+    xml: |
+      <source>
+        <host name="iscsi.example.com"/>
+        <device path="iqn.2026-01.com.example:storage"/>
+        <auth type="chap" username="libvirt">
+          <secret usage="iqn.2026-01.com.example:storage"/>
+        </auth>
+      </source>
 
 - name: Remove a pool and everything in it
   virtops.kvm.pool:
@@ -297,7 +354,7 @@ actions:
 restart_required:
   description: >-
     Settings that changed in the persistent configuration only, and need the pool stopped and
-    started.
+    started (V(source), V(xml)).
   returned: when the pool existed
   type: list
   elements: str
@@ -353,7 +410,24 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pool import PoolManag
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-    "type": {"type": "str", "choices": ["dir", "fs", "netfs", "logical", "rbd"]},
+    "type": {
+        "type": "str",
+        "choices": [
+            "dir",
+            "fs",
+            "netfs",
+            "logical",
+            "rbd",
+            "disk",
+            "iscsi",
+            "iscsi-direct",
+            "scsi",
+            "mpath",
+            "gluster",
+            "zfs",
+            "vstorage",
+        ],
+    },
     "target": {"type": "path"},
     "source": {
         "type": "dict",
@@ -385,6 +459,7 @@ ARGUMENT_SPEC = {
     "autostart": {"type": "bool"},
     "build": {"type": "bool", "default": True},
     "refresh": {"type": "bool", "default": False},
+    "xml": {"type": "str"},
     "delete_storage": {"type": "bool", "default": False},
     "force": {"type": "bool", "default": False},
 }
@@ -393,7 +468,7 @@ ARGUMENT_SPEC = {
 def main() -> None:
     module = KvmModule(
         argument_spec=ARGUMENT_SPEC,
-        required_if=[("state", "present", ["type"])],
+        required_if=[("state", "present", ["type", "xml"], True)],
         supports_check_mode=True,
     )
     module.run(lambda m: PoolManager(m).run())

@@ -10,11 +10,14 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._pool import PoolManager
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_secret import (
+    SecretSpec,
+    apply_secret,
+    find_secret,
+    plan_secret,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._storage import (
-    CephSecretSpec,
     PoolSpec,
-    lookup_ceph_secret,
     pool_spec_from_params,
 )
 from devtools.libvirt_cleanup import remove_pool
@@ -467,7 +470,8 @@ def test_pool_xml_is_valid_for_libvirt_schema(params, tmp_path):
     validate_xml(xml, "storagepool", tmp_path)
     assert PoolSpec.from_xml(xml) == spec
     if params["type"] == "rbd":
-        validate_xml(CephSecretSpec(usage="client.libvirt secret").to_xml(), "secret", tmp_path)
+        ceph = SecretSpec(usage_type="ceph", usage_id="client.libvirt secret")
+        validate_xml(ceph.to_xml(), "secret", tmp_path)
 
 
 def test_rbd_pool_secret_made_and_rolled_back(playbook, conn, name_prefix):
@@ -511,21 +515,14 @@ def test_rbd_pool_secret_made_and_rolled_back(playbook, conn, name_prefix):
             pass
         remove_pool(conn, f"{name_prefix}-rbd")
 
-    # the secret part on its own, through the module's code path (no pool definition)
-
-    class Kvm:
-        params = {"name": "x", "source": {"auth": {"secret_value": key}}}
-        check_mode = False
-        diff_mode = False
-
-        def __init__(self, c):
-            self.conn = c
-
-    manager = PoolManager(Kvm(conn))
-    secret = manager._create_secret(CephSecretSpec(usage=usage))
+    # the secret part on its own, through the shared secret code the pool uses
+    wanted = SecretSpec(usage_type="ceph", usage_id=usage)
+    plan = plan_secret(conn, wanted, b"key", "compare")
+    assert plan.define and plan.set_value and plan.before is None
+    secret = apply_secret(conn, plan)
     try:
-        found = lookup_ceph_secret(conn, usage, None)
+        found = find_secret(conn, wanted)
         assert found.UUIDString() == secret.UUIDString()
-        assert 'private="yes"' in secret.XMLDesc(0) or "private='yes'" in secret.XMLDesc(0)
+        assert "private='yes'" in secret.XMLDesc(0)
     finally:
         secret.undefine()
