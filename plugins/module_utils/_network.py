@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from . import _xml
+from . import _network_xml, _xml
 from ._concurrency import Guard, reconcile
 from ._diff import DifferenceTracker
 from ._errors import KvmLibvirtError, from_libvirt, is_error
@@ -35,7 +35,6 @@ from ._network_model import (
     LIBVIRT_BRIDGE_MODES,
     NetworkSpec,
     OtherNetwork,
-    build_xml,
     parse_network,
     spec_from_params,
     validate_against_host,
@@ -251,6 +250,7 @@ class NetworkManager:
         self.host = host if host is not None else host_for(params.get("uri") or "", conn)
         self.warn = warn or (lambda msg: None)
         self.name: str = params["name"]
+        self.fragment = None  # the parsed xml option
 
     # -- entry point -------------------------------------------------------------------
 
@@ -287,9 +287,16 @@ class NetworkManager:
         guard = Guard(f"network {self.name}", persistent_xml, lambda: self._reread(net))
         current = parse_network(persistent_xml) if persistent_xml else None
         active = bool(net.isActive()) if net is not None else False
-        live = parse_network(read_xml(net, inactive=False)) if active else None
+        live_xml = read_xml(net, inactive=False) if active else None
+        live = parse_network(live_xml) if active else None
 
+        self.fragment = _network_xml.parse(self.params)
         desired = spec_from_params(self.params, current)
+        new_root = None
+        if self.fragment is not None:
+            desired, new_root = _network_xml.with_fragment(
+                desired, persistent_xml, self.fragment, self.params, _field_values
+            )
         validate_spec(desired)
         host_relevant = current is None or any(
             f in differing_fields(current, desired)
@@ -310,7 +317,17 @@ class NetworkManager:
             ):
                 self.warn(msg)
 
-        plan = self._plan(net, current, live, desired, active)
+        xml_config = self.fragment is not None and not _network_xml.contained(
+            persistent_xml, self.fragment
+        )
+        xml_restart = (
+            self.fragment is not None
+            and active
+            and not _network_xml.contained(live_xml, _network_xml.restart_part(self.fragment))
+        )
+        plan = self._plan(
+            net, current, live, desired, active, xml_config=xml_config, xml_restart=xml_restart
+        )
         tracker = DifferenceTracker()
         before_values = _field_values(current)
         after_values = _field_values(desired)
@@ -320,6 +337,12 @@ class NetworkManager:
                 before_values[name],
                 after_values[name],
                 restart_required=name in plan.restart_fields,
+            )
+        if self.fragment is not None:
+            tracker.add(
+                "xml",
+                *_network_xml.diff(persistent_xml, new_root, self.fragment),
+                restart_required="xml" in plan.restart_fields,
             )
         will_be_active = state == "active" or (state == "present" and active)
         tracker.add(
@@ -363,7 +386,7 @@ class NetworkManager:
 
     # -- planning ----------------------------------------------------------------------
 
-    def _plan(self, net, current, live, desired, active) -> Plan:
+    def _plan(self, net, current, live, desired, active, *, xml_config, xml_restart) -> Plan:
         state = self.params["state"]
         plan = Plan()
         if net is None:
@@ -371,7 +394,7 @@ class NetworkManager:
             plan.start = state == "active"
             return plan
         config_diff = differing_fields(current, desired)
-        plan.define = bool(config_diff)
+        plan.define = bool(config_diff) or xml_config
         if state == "inactive":
             plan.stop = active
             return plan
@@ -381,11 +404,13 @@ class NetworkManager:
         # A running network: what it runs against what it should run.
         running_diff = differing_fields(live, desired)
         restart = [f for f in running_diff if f in RESTART_FIELDS]
+        if xml_restart:
+            restart.append("xml")  # what the fragment sets beyond the update calls
         live_fields = [f for f in running_diff if f in LIVE_FIELDS]
         if live_fields:
             plan.live = plan_live(live, desired)
             restart += [f for f in plan.live.not_live if f not in restart]
-        plan.restart_fields = [f for f in RESTART_FIELDS + LIVE_FIELDS if f in restart]
+        plan.restart_fields = [f for f in (*RESTART_FIELDS, *LIVE_FIELDS, "xml") if f in restart]
         plan.restart = bool(plan.restart_fields) and bool(self.params.get("restart"))
         # The update calls can also persist the change when the config and the running
         # network agreed before, and the update calls are all that differs.
@@ -395,6 +420,7 @@ class NetworkManager:
             and not restart
             and not differing_fields(current, live)
             and set(config_diff) <= set(LIVE_FIELDS)
+            and not xml_config
         )
         if plan.live_and_config:
             plan.define = False
@@ -410,7 +436,7 @@ class NetworkManager:
         if plan.live.ops:
             self._update_live(net, plan)
         if plan.define:
-            new_xml = build_xml(desired, persistent_xml)
+            new_xml = _network_xml.compose(desired, persistent_xml, self.fragment)
             net = self._define(new_xml)
         try:
             if plan.start:
@@ -427,7 +453,7 @@ class NetworkManager:
         return net
 
     def _create(self, plan: Plan, desired: NetworkSpec):
-        net = self._define(build_xml(desired))
+        net = self._define(_network_xml.compose(desired, None, self.fragment))
         try:
             if plan.start:
                 self._call(net.create, f"start network {self.name}")

@@ -19,6 +19,8 @@ description:
   - Every other change (mode, bridge, forward device, MTU, domain, addresses) is written to
     the persistent config and reported with RV(restart_required) and RV(restart_fields) as
     long as the running network differs from it. O(restart=true) restarts the network.
+  - O(xml) merges a fragment (or a whole definition) over what the options produce, for
+    what they do not model.
   - Only the managed settings are compared. What libvirt generates (uuid, the bridge name
     and MAC address when O(bridge) is not set, NAT port ranges) is kept and never reported
     as a change.
@@ -148,6 +150,25 @@ options:
     description:
       - Whether libvirt starts the network when the daemon starts. Not changed when not set.
     type: bool
+  xml:
+    description:
+      - A fragment of network XML (one element, such as C(<dns>...</dns>) or
+        C(<bandwidth>...</bandwidth>)) or a whole C(<network>) definition, merged over what
+        the options produce, for what they do not model (DNS forwarders, TXT and SRV
+        records, port groups, QoS, NAT address ranges, other forward modes...).
+      - It adds and sets elements and attributes, and never removes any (a host name added
+        to a DNS host is added beside the others).
+      - It is compared with the definition element by element, never as text, and counts
+        as unchanged when the definition already contains it. Write it as libvirt stores
+        it (C(virsh net-dumpxml --inactive)) to stay idempotent.
+      - What it sets that the options model (a DNS host, the MTU) is compared and
+        reported under that setting, and DHCP and DNS host entries are still changed on
+        the running network. Anything else it changes on a running network needs a
+        restart, reported as V(xml) in RV(restart_fields).
+      - It may not contradict an option that is set (O(mode), O(mtu), O(addresses)...) nor
+        name another network; the module fails before any change when it does, or when it
+        is not well-formed XML.
+    type: str
   restart:
     description:
       - Restart a running network when changes need it (see RV(restart_fields)).
@@ -214,6 +235,17 @@ EXAMPLES = r"""
     restart: true
   register: result
 
+- name: DNS forwarders and a TXT record, which the options do not model
+  virtops.kvm.network:
+    name: lab
+    state: active
+    xml: |
+      <dns>
+        <forwarder domain="example.com" addr="198.18.5.53"/>
+        <txt name="lab" value="managed by ansible"/>
+      </dns>
+    restart: true
+
 - name: Remove a network
   virtops.kvm.network:
     name: backend
@@ -248,7 +280,7 @@ restart_fields:
   returned: success
   type: list
   elements: str
-  sample: [mtu, addresses]
+  sample: [mtu, addresses, xml]
 restarted:
   description: Whether the network was (or in check mode would be) restarted.
   returned: success
@@ -327,6 +359,7 @@ ARGUMENT_SPEC = {
         },
     },
     "autostart": {"type": "bool"},
+    "xml": {"type": "str"},
     "restart": {"type": "bool", "default": False},
 }
 
