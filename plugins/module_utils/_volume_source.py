@@ -26,6 +26,8 @@ from ._errors import KvmValidationError
 
 CHUNK = 1024 * 1024
 HEAD = 6  # bytes enough for every magic below
+HOLE_BLOCK = 64 * 1024  # zero blocks of this size are sent as holes
+ZEROS = bytes(HOLE_BLOCK)
 MAGIC = (("gzip", b"\x1f\x8b"), ("bzip2", b"BZh"), ("xz", b"\xfd7zXZ\x00"))
 SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 # digest length (hex digits) -> algorithm, for sums files that do not name theirs
@@ -151,6 +153,23 @@ def expand(raw: RawSource) -> Iterator[bytes]:
         else:
             what = str(exc) or type(exc).__name__
         raise SourceError(f"it is not a valid {raw.compression} file: {what}") from exc
+
+
+def zero_runs(chunk: bytes) -> Iterator[tuple[bool, memoryview]]:
+    """``chunk`` as runs of (is a hole, bytes): holes are whole ``HOLE_BLOCK``s of zeros (and
+    a shorter tail of zeros), the rest is data."""
+    view = memoryview(chunk)
+    start, hole = 0, None
+    for offset in range(0, len(chunk), HOLE_BLOCK):
+        piece = view[offset : offset + HOLE_BLOCK]
+        zero = piece == ZEROS[: len(piece)]
+        if hole is None:
+            hole = zero
+        elif zero != hole:
+            yield hole, view[start:offset]
+            start, hole = offset, zero
+    if hole is not None:
+        yield hole, view[start:]
 
 
 def _reason(exc: Exception) -> str:

@@ -32,6 +32,7 @@ from ._volume_source import (
     expand,
     pick_entry,
     source_name,
+    zero_runs,
 )
 
 CHUNK = 1024 * 1024
@@ -197,13 +198,17 @@ class StreamImport:
         The decompressed size is known only at the end: the volume starts empty and grows
         as it is written, and the upload stops (and the volume is deleted) once it would
         write more than the pool had available, or when the checksum of the source does
-        not match at its end.
+        not match at its end. Blocks of zeros are sent as holes (a sparse volume, as the
+        image was before it was compressed), unless preallocation=falloc.
         """
         name = self.params["name"]
         content = self.checksum.new() if self.checksum else None
         chunks = expand(raw)
-        size = 0
+        size = written = 0
         spec = VolumeSpec(name=name, capacity=0, format="raw", allocation=0)
+        sparse = 0
+        if self.params["preallocation"] != "falloc":
+            sparse = getattr(libvirt, "VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM", 0)
         vol = None
         try:
             first = next(chunks, b"")
@@ -212,19 +217,24 @@ class StreamImport:
             available = self.pool.info()[3]
             vol = self._pool_call(lambda: self.pool.createXML(spec.to_xml(), 0), "create")
             stream = self.conn.newStream(0)
-            vol.upload(stream, 0, 0, 0)
+            vol.upload(stream, 0, 0, sparse)
             try:
                 for chunk in itertools.chain([first], chunks):
                     size += len(chunk)
-                    if size > available:
-                        raise KvmValidationError(
-                            f"Volume '{name}' does not fit: {what} decompressed to more than "
-                            f"the {human(available)} ({available} bytes) pool "
-                            f"'{self.pool.name()}' has available. Nothing was imported."
-                        )
                     if content is not None:
                         content.update(chunk)
-                    _send(stream, chunk)
+                    for hole, part in zero_runs(chunk) if sparse else [(False, chunk)]:
+                        if hole:
+                            stream.sendHole(len(part), 0)
+                            continue
+                        written += len(part)
+                        if written > available:
+                            raise KvmValidationError(
+                                f"Volume '{name}' does not fit: {what} writes more than "
+                                f"the {human(available)} ({available} bytes) pool "
+                                f"'{self.pool.name()}' has available. Nothing was imported."
+                            )
+                        _send(stream, bytes(part))
                 if size == 0:
                     raise KvmValidationError(f"{raw.label} has no data")
                 if self.checksum:

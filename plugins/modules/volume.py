@@ -129,9 +129,10 @@ options:
         new volume. V(http), V(https) and V(ftp) URLs.
       - A gzip, bzip2 or xz file (known by its magic bytes, not by its name) is decompressed
         while it is downloaded. Into a new volume of a V(dir), V(fs) or V(netfs) pool it is
-        streamed straight into the volume, with no temporary copy; the decompressed size is
-        known only at the end, so the upload stops and the volume is deleted as soon as it
-        would write more than the pool had available. Into V(logical) and V(rbd) pools
+        streamed straight into the volume, with no temporary copy, and blocks of zeros
+        (64 KiB) are left as holes (a sparse volume, unless O(preallocation=falloc)); the
+        decompressed size is known only at the end, so the upload stops and the volume is
+        deleted as soon as it would write more than the pool had available. Into V(logical) and V(rbd) pools
         (whose volumes need their size up front), and when replacing a volume
         (O(force=true)), it is decompressed into a temporary file first.
     type: str
@@ -219,13 +220,15 @@ EXAMPLES = r"""
     source_url: https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2
     checksum: "sha512:{{ debian_image_sha512 }}"
 
-- name: Import an xz-compressed image, its checksum picked from the published SHA256SUMS
+- name: Import FreeBSD's xz-compressed image, its checksum picked from the published list
   virtops.kvm.volume:
     pool: images
-    name: alpine-3.20-base.qcow2
+    name: freebsd-14.1-base.qcow2
     format: qcow2
-    source_url: https://example.org/images/alpine-3.20.qcow2.xz
-    checksum: url:https://example.org/images/SHA256SUMS
+    source_url: "{{ freebsd_images }}/FreeBSD-14.1-RELEASE-amd64.qcow2.xz"
+    checksum: "url:{{ freebsd_images }}/CHECKSUM.SHA512"
+  vars:
+    freebsd_images: https://download.freebsd.org/releases/VM-IMAGES/14.1-RELEASE/amd64/Latest
 
 - name: A 20 GiB overlay for a guest on the base image
   virtops.kvm.volume:

@@ -109,6 +109,9 @@ def test_compressed_imports_with_checksum_files(playbook, dir_pool, http_server,
         assert _volume_sha256(dir_pool, name) == hashlib.sha256(images[kind]).hexdigest()
         assert runs[3].task(name)["checksum_verified"] is True
     assert runs[1].task("local.raw")["volume"]["capacity"] == 4 * MiB
+    # zeros are holes: the 3 MiB of zeros of the raw image take no space in the volume
+    xz_volume = runs[1].task("disk-raw-xz")["volume"]
+    assert xz_volume["capacity"] == 4 * MiB and xz_volume["allocation"] < 2 * MiB
     assert _volume_sha256(dir_pool, "local.raw") == hashlib.sha256(images["raw"]).hexdigest()
 
     # on a controller without the records of this host (another HOME): the volume is read,

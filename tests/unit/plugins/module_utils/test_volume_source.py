@@ -16,6 +16,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmVali
 from ansible_collections.virtops.kvm.plugins.module_utils._volume_digests import DigestRecords
 from ansible_collections.virtops.kvm.plugins.module_utils._volume_source import (
     CHUNK,
+    HOLE_BLOCK,
     RawSource,
     SourceError,
     compression_by_name,
@@ -24,6 +25,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._volume_source import 
     parse_checksum_url,
     pick_entry,
     source_name,
+    zero_runs,
 )
 
 DATA = os.urandom(300_000) + b"\0" * 3_000_000 + b"end"
@@ -143,3 +145,18 @@ def test_expanded_digests_are_recorded_by_the_checksum(tmp_path):
     assert DigestRecords(str(tmp_path / "d.json")).expanded("sha256:" + H256) == "f" * 64
     records.put("uri key", {"mtime": "1", "ctime": "1"}, "sha256", "0" * 64)
     assert records.expanded("sha256:" + H256) == "f" * 64  # both kinds of record kept
+
+
+def test_zero_runs_make_holes_of_whole_zero_blocks():
+    block = HOLE_BLOCK
+    data = b"\0" * (2 * block) + b"x" + b"\0" * (block - 1) + b"\0" * block + b"y" * 10
+    runs = [(hole, bytes(part)) for hole, part in zero_runs(data)]
+    assert b"".join(part for _hole, part in runs) == data
+    assert [(hole, len(part)) for hole, part in runs] == [
+        (True, 2 * block),
+        (False, block),  # a block with one byte of data is written whole
+        (True, block),
+        (False, 10),
+    ]
+    assert [(h, len(p)) for h, p in zero_runs(b"\0" * 100)] == [(True, 100)]  # a zero tail
+    assert list(zero_runs(b"")) == []
