@@ -161,9 +161,11 @@ guests:
         - C(disks) - per disk C(name) (target), C(path), C(read_bytes), C(read_requests),
           C(read_time_ns), C(write_bytes), C(write_requests), C(write_time_ns),
           C(flush_requests), C(flush_time_ns), C(allocation), C(capacity), C(physical)
-          (counters since the guest started; empty for a guest that does not run).
+          (counters since the guest started; null while it does not run, when libvirt still
+          lists its local disks with their sizes).
         - C(interfaces) - per NIC C(name) (host device), C(rx_bytes), C(rx_packets),
-          C(rx_errors), C(rx_drops), C(tx_bytes), C(tx_packets), C(tx_errors), C(tx_drops).
+          C(rx_errors), C(rx_drops), C(tx_bytes), C(tx_packets), C(tx_errors), C(tx_drops)
+          (empty while the guest does not run).
       type: dict
     consoles:
       description:

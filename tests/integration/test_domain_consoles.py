@@ -75,3 +75,4 @@ def test_live_console_ports_agent_and_io_counters(tiny_guest, default_network):
     }
     (disk_off,) = info["guests"][0]["stats"]["disks"]
     assert disk_off["name"] == "vda" and disk_off["read_bytes"] is None  # counters need QEMU
+    assert info["guests"][0]["stats"]["interfaces"] == []
