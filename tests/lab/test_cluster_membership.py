@@ -185,6 +185,9 @@ def test_role_removes_a_node_and_adds_it_back(lab_cluster, third_node_back, reco
     )
     for node in lab_cluster.nodes:
         lab_cluster_mod.wait_online(node, lab_cluster.names, timeout=60)
+    # a new member: not in standby (the leaving node's standby went with its CIB entry)
+    standby = "//node[@uname=$n]//nvpair[@name='standby']"
+    assert lab_cluster_mod.cib(first).xpath(standby, n=third.name) == []
     votes = quorum(third)
     assert (votes["Quorate"], votes["Expected votes"], votes["Total votes"]) == ("Yes", "3", "3")
     assert votes["Quorum"] == "2"
