@@ -132,9 +132,9 @@ options:
         streamed straight into the volume, with no temporary copy, and blocks of zeros
         (64 KiB) are left as holes (a sparse volume, unless O(preallocation=falloc)); the
         decompressed size is known only at the end, so the upload stops and the volume is
-        deleted as soon as it would write more than the pool had available. Into V(logical) and V(rbd) pools
-        (whose volumes need their size up front), and when replacing a volume
-        (O(force=true)), it is decompressed into a temporary file first.
+        deleted as soon as it would write more than the pool had available. Into V(logical)
+        and V(rbd) pools (whose volumes need their size up front), and when replacing a
+        volume (O(force=true)), it is decompressed into a temporary file first.
     type: str
   checksum:
     description:
