@@ -18,6 +18,17 @@ attributes:
       - virtops.kvm.kvm
 """
 
+    # Modules outside the action group, which take no libvirt connection options. List it
+    # before virtops.kvm.attributes: of two fragments' entries for a key, the first one's wins.
+    NOT_IN_GROUP = r"""
+attributes:
+  action_group:
+    description: Not in C(group/virtops.kvm.kvm), whose defaults are libvirt connection options
+      that this module does not take.
+    support: none
+    membership: []
+"""
+
     # Modules that change something (use with DOCUMENTATION).
     ACTIONS = r"""
 attributes:

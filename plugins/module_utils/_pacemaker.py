@@ -100,6 +100,11 @@ class Tools:
 
     run: Runner
 
+    @classmethod
+    def for_module(cls, module) -> Tools:
+        """The tools run by an ``AnsibleModule``'s ``run_command`` (argv lists, no shell)."""
+        return cls(lambda argv, data: module.run_command(argv, data=data, binary_data=False))
+
     def call(self, argv: list[str], what: str, data: str | None = None) -> str:
         rc, out, err = self.run([installed(argv[0]), *argv[1:]], data)
         if rc != 0:

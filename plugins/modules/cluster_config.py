@@ -24,14 +24,9 @@ description:
 author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
+  - virtops.kvm.attributes.not_in_group
   - virtops.kvm.attributes
   - virtops.kvm.attributes.actions
-attributes:
-  action_group:
-    description: Not in C(group/virtops.kvm.kvm), whose defaults are libvirt connection options
-      that this module does not take.
-    support: none
-    membership: []
 requirements:
   - Pacemaker's command line tools (C(cibadmin), C(stonith_admin); Debian C(pacemaker-cli-utils)
     and C(pacemaker)) on the host, which is a node of the cluster.
@@ -179,7 +174,7 @@ ARGUMENT_SPEC = {
 
 
 def run(m: KvmModule) -> dict:
-    tools = Tools(lambda argv, data: m.module.run_command(argv, data=data, binary_data=False))
+    tools = Tools.for_module(m.module)
     result = configure(
         tools,
         wish_from_params(m.params),

@@ -285,7 +285,7 @@ ARGUMENT_SPEC = {
 
 def run(m: KvmModule) -> dict:
     params = m.params
-    tools = Tools(lambda argv, data: m.module.run_command(argv, data=data, binary_data=False))
+    tools = Tools.for_module(m.module)
     manager = GuestManager(
         tools,
         wish_from_params(params),

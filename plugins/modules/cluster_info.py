@@ -22,14 +22,9 @@ description:
 author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
+  - virtops.kvm.attributes.not_in_group
   - virtops.kvm.attributes
   - virtops.kvm.attributes.info_module
-attributes:
-  action_group:
-    description: Not in C(group/virtops.kvm.kvm), whose defaults are libvirt connection options
-      that this module does not take.
-    support: none
-    membership: []
 requirements:
   - Pacemaker's command line tools (C(cibadmin), C(crm_mon); Debian C(pacemaker-cli-utils)).
   - C(corosync-quorumtool) for the vote counts (optional).
@@ -154,7 +149,7 @@ ARGUMENT_SPEC: dict = {}
 
 
 def run(m: KvmModule) -> dict:
-    tools = Tools(lambda argv, data: m.module.run_command(argv, data=data, binary_data=False))
+    tools = Tools.for_module(m.module)
     return {"changed": False, "cluster": cluster_info(tools)}
 
 

@@ -26,14 +26,10 @@ description:
 author:
   - virtops.kvm contributors (@virtops)
 extends_documentation_fragment:
+  - virtops.kvm.attributes.not_in_group
   - virtops.kvm.attributes
   - virtops.kvm.attributes.actions
 attributes:
-  action_group:
-    description: Not in C(group/virtops.kvm.kvm), whose defaults are libvirt connection options
-      that this module does not take.
-    support: none
-    membership: []
   check_mode:
     description: Predicts the change and which resources would leave the node; nothing is set
       and nothing moves.
@@ -139,16 +135,8 @@ ARGUMENT_SPEC = {
 
 
 def run(m: KvmModule) -> dict:
-    tools = Tools(lambda argv, data: m.module.run_command(argv, data=data, binary_data=False))
-    result = converge(
-        tools,
-        name=m.params["name"],
-        state=m.params["state"],
-        wait=m.params["wait"],
-        wait_timeout=m.params["wait_timeout"],
-        force=m.params["force"],
-        check_mode=m.check_mode,
-    )
+    params = {key: m.params[key] for key in ARGUMENT_SPEC}
+    result = converge(Tools.for_module(m.module), check_mode=m.check_mode, **params)
     for warning in result.warnings:
         m.warn(warning)
     out = {"changed": result.changed, "node": result.node, "resources": result.resources}

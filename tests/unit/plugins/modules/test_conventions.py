@@ -61,17 +61,19 @@ def test_attributes_come_from_the_fragments(name):
         assert fragments == []
         assert set(attributes) == {"check_mode", "diff_mode", "idempotent"}
         return
-    if name in NO_LIBVIRT:  # outside the action group: says so over the fragment's entry
-        attributes = yaml.safe_load(_load(name).DOCUMENTATION)["attributes"]
-        assert attributes["action_group"]["support"] == "none"
-        assert "virtops.kvm.connection" not in fragments
-    else:
-        assert "virtops.kvm.connection" in fragments
     kind = "info_module" if name.endswith("_info") or name == "tuning_plan" else "actions"
     assert "virtops.kvm.attributes" in fragments
-    assert [f for f in fragments if f.startswith("virtops.kvm.attributes.")] == [
-        f"virtops.kvm.attributes.{kind}"
-    ]
+    own = [f"virtops.kvm.attributes.{kind}"]
+    if name in NO_LIBVIRT:  # outside the action group: that fragment first, so its entry wins
+        assert fragments[0] == "virtops.kvm.attributes.not_in_group"
+        assert "action_group" not in (yaml.safe_load(_load(name).DOCUMENTATION) or {}).get(
+            "attributes", {}
+        )
+        assert "virtops.kvm.connection" not in fragments
+        own.insert(0, "virtops.kvm.attributes.not_in_group")
+    else:
+        assert "virtops.kvm.connection" in fragments
+    assert [f for f in fragments if f.startswith("virtops.kvm.attributes.")] == own
 
 
 # Modules that run Pacemaker's tools and never connect to libvirt (no uri option).
@@ -80,6 +82,7 @@ NO_LIBVIRT = {"cluster_config", "cluster_info", "cluster_node"}
 # The _info modules: the result key each returns, the options a call needs on the test
 # driver, and whether it connects read-only (None: it opens no libvirt connection).
 INFO = {
+    "backup_info": ("guests", {"dest": str(ROOT / "changelogs")}, True),  # no backups: []
     "cluster_info": ("cluster", {}, None),
     "domain_info": ("guests", {}, False),  # guest agent queries need read-write
     "host_info": ("host", {}, False),  # domain capabilities need read-write
