@@ -222,7 +222,48 @@ class HostChecks:
                 self.host_interface(nic.source, bridge=True)
             elif nic.type == "direct":
                 self.host_interface(nic.source, bridge=False)
+        for fs in f.get("filesystems") or []:
+            self.check_dir(fs["source"], f"filesystems source of {fs['target']}")
+        if f.get("tpm", {}).get("model", "none") != "none":
+            self.check_tpm(f["tpm"], wish.fields.get("virt_type"))
         self.check_cpusets(wish)
+
+    def check_dir(self, path: str, what: str) -> None:
+        if not self.local:
+            return  # a remote host's directories cannot be seen through libvirt
+        if not os.path.isdir(path):
+            if self.check_mode and not os.path.exists(path):
+                self._assume(f"The {what} directory {path}")
+                return
+            raise KvmValidationError(f"The {what} directory {path} does not exist")
+
+    def check_tpm(self, tpm: dict, virt_type: str | None) -> None:
+        """libvirt's domain capabilities name the TPM models, versions and the swtpm backend."""
+        try:
+            caps = _xml.parse(
+                self.conn.getDomainCapabilities(None, None, None, virt_type or None, 0),
+                "domain capabilities",
+            )
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "read the domain capabilities") from exc
+        elem = caps.find("devices/tpm")
+        if elem is None or elem.get("supported") != "yes":
+            raise KvmValidationError("tpm: this host's libvirt and QEMU support no TPM device")
+
+        def values(name):
+            return [v.text for v in elem.findall(f"enum[@name='{name}']/value")]
+
+        for name, value in (
+            ("model", tpm["model"]),
+            ("backendModel", "emulator"),
+            ("backendVersion", tpm["version"]),
+        ):
+            offered = values(name)
+            if offered and value not in offered:
+                raise KvmValidationError(
+                    f"tpm: {value} is not offered by this host (its {name}: "
+                    f"{', '.join(offered)}); the emulator backend needs swtpm installed"
+                )
 
     def check_file(self, path: str, what: str) -> None:
         if not os.path.isabs(path):

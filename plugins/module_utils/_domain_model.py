@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import _domain_device_fields as dev
+from . import _domain_extra_devices as extra
 from . import _domain_general as gen
 from . import _domain_tuning as tune
 from . import _xml
@@ -140,6 +141,19 @@ FIELDS: list[Field] = [
     Field("guest_agent", dev.read_agent, dev.write_agent, pending=True),
     Field("rng", dev.read_rng, dev.write_rng, pending=True),
     Field("watchdog", dev.read_watchdog, dev.write_watchdog, project_keys, pending=True),
+    Field(
+        "controllers",
+        extra.read_controllers,
+        extra.write_controllers,
+        extra.project_controllers,
+        pending=True,
+    ),
+    Field("tpm", extra.read_tpm, extra.write_tpm, pending=True),
+    Field("video", extra.read_video, extra.write_video, project_keys, pending=True),
+    Field("sound", extra.read_sound, extra.write_sound, pending=True),
+    Field("inputs", extra.read_inputs, extra.write_inputs, pending=True),
+    Field("sysinfo", extra.read_sysinfo, extra.write_sysinfo, pending=True),
+    Field("filesystems", extra.read_filesystems, extra.write_filesystems, pending=True),
     Field(
         "tuning.vcpu_pins",
         tune.read_vcpu_pins,

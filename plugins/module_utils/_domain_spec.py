@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _domain_extra_devices as extra
 from ._cpuset import canonical_cpuset
 from ._domain_devices import TARGET_PREFIX, Disk, DiskWish, Interface
 from ._domain_merge import parse_fragment
@@ -93,12 +94,30 @@ def desired_from_params(params: dict[str, Any]) -> Wish:
         f["watchdog"] = {"model": wd.get("model") or "i6300esb"}
         if f["watchdog"]["model"] != "none":
             f["watchdog"]["action"] = wd.get("action") or "reset"
+    _extra_devices(params, f)
     _tuning_fields(_tuning(params), f)
     _check_iothreads(f)
     wish.autostart = params.get("autostart")
     if params.get("xml"):
         wish.fragment = parse_fragment(params["xml"])
     return wish
+
+
+EXTRA_DEVICES = {
+    "controllers": extra.controllers_wish,
+    "tpm": extra.tpm_wish,
+    "video": extra.video_wish,
+    "sound": extra.sound_wish,
+    "inputs": extra.inputs_wish,
+    "sysinfo": extra.sysinfo_wish,
+    "filesystems": extra.filesystems_wish,
+}
+
+
+def _extra_devices(params, f):
+    for key, parse in EXTRA_DEVICES.items():
+        if params.get(key) is not None:
+            f[key] = parse(params[key])
 
 
 def _cpu(params, f):
@@ -339,6 +358,12 @@ def _check_iothreads(f: dict[str, Any]) -> None:
         if not 1 <= ident <= iothreads:
             raise KvmValidationError(
                 f"tuning.iothread_pins: iothread {ident} does not exist (iothreads {iothreads})"
+            )
+    for ctrl in f.get("controllers") or []:
+        if ctrl.get("iothread") is not None and not 1 <= ctrl["iothread"] <= iothreads:
+            raise KvmValidationError(
+                f"controller iothread {ctrl['iothread']} does not exist "
+                f"(tuning.iothreads {iothreads})"
             )
     disks = f.get("disks")
     for disk in disks.disks if disks else []:

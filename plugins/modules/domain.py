@@ -13,7 +13,8 @@ description:
   - Defines, updates, starts, stops and removes one libvirt guest, driven by O(state).
   - Typed options cover what virt-install users set (memory, vCPUs, CPU, machine, firmware,
     boot, direct kernel boot, disks, NICs, graphics, serial ports, guest agent, RNG, watchdog,
-    tuning). O(xml) merges a fragment or a whole document for anything not modelled.
+    controllers, TPM, video, sound, inputs, SMBIOS system information, virtiofs shared
+    folders, tuning). O(xml) merges a fragment or a whole document for anything not modelled.
   - Only the settings given are compared, on libvirt's inactive definition parsed into typed
     models. What libvirt generates (UUID, MAC addresses not given, PCI addresses, aliases,
     default controllers) is kept and never reported as a change. Check mode never writes.
@@ -341,6 +342,146 @@ options:
         description: What happens when it fires.
         type: str
         choices: [reset, shutdown, poweroff, pause, none, dump, inject-nmi]
+  controllers:
+    description:
+      - Controllers to ensure, each found by O(controllers[].type) and O(controllers[].index);
+        the controllers libvirt adds itself (PCI, USB, SATA, serial) and those not listed are
+        kept.
+      - A disk with O(disks[].bus=scsi) sits on SCSI controller 0; make it a V(virtio-scsi)
+        controller here, with its queues and I/O thread.
+      - Changes apply at the next boot (in RV(restart_required) on a running guest).
+    type: list
+    elements: dict
+    suboptions:
+      type:
+        description: Controller type.
+        type: str
+        choices: [scsi, virtio-serial, usb, sata, pci, ide]
+        default: scsi
+      index:
+        description: Controller index.
+        type: int
+        default: 0
+      model:
+        description: Model; a V(scsi) controller defaults to V(virtio-scsi).
+        type: str
+      queues:
+        description: Request queues of a V(virtio-scsi) controller (the guest sees as many
+          blk-mq hardware queues).
+        type: int
+      iothread:
+        description: I/O thread (from 1, see O(tuning.iothreads)) of a V(virtio-scsi)
+          controller.
+        type: int
+  tpm:
+    description:
+      - An emulated TPM (swtpm, which must be installed on the host; libvirt's domain
+        capabilities are checked before any change). Applies at the next boot.
+    type: dict
+    suboptions:
+      model:
+        description: Interface; V(none) removes the TPM.
+        type: str
+        choices: [tpm-crb, tpm-tis, none]
+        default: tpm-crb
+      version:
+        description: TPM version; V(1.2) needs V(tpm-tis).
+        type: str
+        choices: ['2.0', '1.2']
+        default: '2.0'
+      persistent_state:
+        description: Keep the TPM's state when the guest is undefined.
+        type: bool
+        default: false
+  video:
+    description: The primary video device (applies at the next boot).
+    type: dict
+    suboptions:
+      model:
+        description: Model; V(none) gives the guest no video device.
+        type: str
+        choices: [virtio, qxl, vga, bochs, cirrus, ramfb, none]
+        default: virtio
+      heads:
+        description: Number of heads (1 when not given).
+        type: int
+  sound:
+    description: The complete list of sound cards (V([]) removes them; applies at the next
+      boot).
+    type: list
+    elements: dict
+    suboptions:
+      model:
+        description: Model.
+        type: str
+        choices: [ich9, ich7, ich6, ac97, es1370, sb16, usb]
+        default: ich9
+  inputs:
+    description:
+      - The complete list of input devices, except the PS/2 mouse and keyboard libvirt gives
+        every x86 guest, which are neither listed nor compared. Applies at the next boot.
+    type: list
+    elements: dict
+    suboptions:
+      type:
+        description: Kind of device.
+        type: str
+        required: true
+        choices: [tablet, mouse, keyboard]
+      bus:
+        description: Bus.
+        type: str
+        choices: [usb, virtio]
+        default: usb
+  sysinfo:
+    description:
+      - SMBIOS information the guest reads (C(dmidecode), C(/sys/class/dmi/id)); sets
+        C(<os><smbios mode="sysinfo"/>) so QEMU exposes it. The complete set of entries;
+        V({}) removes it. The system UUID is always the guest's UUID. Applies at the next
+        boot.
+    type: dict
+    suboptions:
+      system:
+        description: SMBIOS type 1 entries.
+        type: dict
+        suboptions:
+          manufacturer: {description: Manufacturer., type: str}
+          product: {description: Product name., type: str}
+          version: {description: Version., type: str}
+          serial: {description: Serial number., type: str}
+          sku: {description: SKU number., type: str}
+          family: {description: Family., type: str}
+      baseboard:
+        description: SMBIOS type 2 entries.
+        type: dict
+        suboptions:
+          manufacturer: {description: Manufacturer., type: str}
+          product: {description: Product name., type: str}
+          version: {description: Version., type: str}
+          serial: {description: Serial number., type: str}
+          asset: {description: Asset tag., type: str}
+          location: {description: Location in the chassis., type: str}
+  filesystems:
+    description:
+      - The complete list of virtiofs shared folders (V([]) removes them). The guest mounts
+        one with C(mount -t virtiofs TAG /mnt). Applies at the next boot.
+      - virtiofsd maps the guest's memory, so a guest with a shared folder gets shared memory
+        backing (C(<memoryBacking><source type="memfd"/><access mode="shared"/>)) set
+        automatically; it stays when the folders are removed. libvirt finds virtiofsd through
+        QEMU's vhost-user descriptor (C(/usr/share/qemu/vhost-user/50-qemu-virtiofsd.json),
+        package qemu-system-common).
+      - The source directory must exist (on a local URI; checked before any change).
+    type: list
+    elements: dict
+    suboptions:
+      source:
+        description: Host directory to share.
+        type: path
+        required: true
+      target:
+        description: Mount tag the guest uses (at most 36 characters).
+        type: str
+        required: true
   autostart:
     description: Start the guest when libvirtd starts.
     type: bool
@@ -560,6 +701,28 @@ EXAMPLES = r"""
     vcpus: 2
     restart_if_required: true
 
+- name: A virtio-scsi disk with 2 queues, a TPM 2.0 and a shared folder
+  virtops.kvm.domain:
+    name: web1
+    tuning:
+      iothreads: 1
+    controllers:
+      - {type: scsi, model: virtio-scsi, queues: 2, iothread: 1}
+    disks:
+      - {path: /var/lib/libvirt/images/web1.qcow2, format: qcow2}
+      - {path: /var/lib/libvirt/images/web1-data.qcow2, format: qcow2, bus: scsi}
+    tpm:
+      model: tpm-crb
+      version: "2.0"
+    filesystems:
+      - {source: /srv/share, target: share}  # in the guest - mount -t virtiofs share /mnt
+    video:
+      model: virtio
+    inputs:
+      - {type: tablet, bus: usb}
+    sysinfo:
+      system: {manufacturer: Example, product: Web, serial: WEB-0001}
+
 - name: Something not modelled, as an XML fragment
   virtops.kvm.domain:
     name: web1
@@ -687,6 +850,13 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain_devices import
 
 _IOTUNE = {k: {"type": "int"} for k in IOTUNE_KEYS}
 _PIN = {"cpuset": {"type": "str", "required": True}}
+_SMBIOS_SYSTEM = {
+    k: {"type": "str"} for k in ("manufacturer", "product", "version", "serial", "sku", "family")
+}
+_SMBIOS_BOARD = {
+    k: {"type": "str"}
+    for k in ("manufacturer", "product", "version", "serial", "asset", "location")
+}
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -793,6 +963,78 @@ ARGUMENT_SPEC = {
                 "type": "str",
                 "choices": ["reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi"],
             },
+        },
+    },
+    "controllers": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "type": {
+                "type": "str",
+                "default": "scsi",
+                "choices": ["scsi", "virtio-serial", "usb", "sata", "pci", "ide"],
+            },
+            "index": {"type": "int", "default": 0},
+            "model": {"type": "str"},
+            "queues": {"type": "int"},
+            "iothread": {"type": "int"},
+        },
+    },
+    "tpm": {
+        "type": "dict",
+        "options": {
+            "model": {
+                "type": "str",
+                "default": "tpm-crb",
+                "choices": ["tpm-crb", "tpm-tis", "none"],
+            },
+            "version": {"type": "str", "default": "2.0", "choices": ["2.0", "1.2"]},
+            "persistent_state": {"type": "bool", "default": False},
+        },
+    },
+    "video": {
+        "type": "dict",
+        "options": {
+            "model": {
+                "type": "str",
+                "default": "virtio",
+                "choices": ["virtio", "qxl", "vga", "bochs", "cirrus", "ramfb", "none"],
+            },
+            "heads": {"type": "int"},
+        },
+    },
+    "sound": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "model": {
+                "type": "str",
+                "default": "ich9",
+                "choices": ["ich9", "ich7", "ich6", "ac97", "es1370", "sb16", "usb"],
+            },
+        },
+    },
+    "inputs": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "type": {"type": "str", "required": True, "choices": ["tablet", "mouse", "keyboard"]},
+            "bus": {"type": "str", "default": "usb", "choices": ["usb", "virtio"]},
+        },
+    },
+    "sysinfo": {
+        "type": "dict",
+        "options": {
+            "system": {"type": "dict", "options": _SMBIOS_SYSTEM},
+            "baseboard": {"type": "dict", "options": _SMBIOS_BOARD},
+        },
+    },
+    "filesystems": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "source": {"type": "path", "required": True},
+            "target": {"type": "str", "required": True},
         },
     },
     "autostart": {"type": "bool"},

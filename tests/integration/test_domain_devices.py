@@ -1,0 +1,125 @@
+"""Integration tests of the domain module's typed devices (controllers, TPM, video, sound,
+inputs, SMBIOS, virtiofs) against the real libvirtd: defined, not booted (issue 17)."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+from lxml import etree
+
+from tests.helpers import domain_task, failed, four_results, inactive_xml, validate_xml
+
+
+def devices_spec(name: str, files, share) -> dict:
+    return {
+        "name": name,
+        "memory": 256,
+        "machine": "q35",
+        "tuning": {"iothreads": 1},
+        "controllers": [{"type": "scsi", "model": "virtio-scsi", "queues": 2, "iothread": 1}],
+        "disks": [
+            {"path": str(files / "a.img"), "format": "raw"},
+            {"path": str(files / "b.qcow2"), "format": "qcow2", "bus": "scsi"},
+        ],
+        "tpm": {"model": "tpm-crb", "version": "2.0"},
+        "video": {"model": "virtio"},
+        "graphics": {"type": "vnc", "listen": "127.0.0.1"},
+        "sound": [{"model": "ich9"}],
+        "inputs": [{"type": "tablet", "bus": "usb"}, {"type": "keyboard", "bus": "virtio"}],
+        "sysinfo": {
+            "system": {"manufacturer": "virtops", "product": "lab", "serial": "VT-0001"},
+            "baseboard": {"manufacturer": "virtops", "asset": "A-17"},
+        },
+        "filesystems": [{"source": str(share), "target": "share"}],
+    }
+
+
+@pytest.mark.integration
+def test_typed_devices_converge(playbook, conn, name_prefix, files, tmp_path):
+    name = f"{name_prefix}-dev"
+    share = files / "share"
+    share.mkdir()
+    spec = devices_spec(name, files, share)
+    steps = four_results(playbook, domain_task("guest", spec))
+    assert set(steps[1]["changes"]) >= {
+        "controllers",
+        "tpm",
+        "video",
+        "sound",
+        "inputs",
+        "sysinfo",
+        "filesystems",
+    }
+    assert steps[3]["changes"] == []
+    xml = inactive_xml(conn, name)
+    validate_xml(xml, "domain", tmp_path)
+    root = etree.fromstring(xml.encode())
+    [scsi] = root.findall("devices/controller[@type='scsi']")
+    assert (scsi.get("model"), scsi.find("driver").get("queues")) == ("virtio-scsi", "2")
+    assert scsi.find("driver").get("iothread") == "1"
+    assert root.find("devices/disk/target[@bus='scsi']").get("dev").startswith("sd")
+    tpm = root.find("devices/tpm")
+    assert (tpm.get("model"), tpm.find("backend").get("version")) == ("tpm-crb", "2.0")
+    assert root.find("devices/video/model").get("type") == "virtio"
+    assert [s.get("model") for s in root.findall("devices/sound")] == ["ich9"]
+    assert root.find("os/smbios").get("mode") == "sysinfo"
+    entries = {e.get("name"): e.text for e in root.findall("sysinfo/system/entry")}
+    assert entries == {"manufacturer": "virtops", "product": "lab", "serial": "VT-0001"}
+    fs = root.find("devices/filesystem")
+    assert fs.find("driver").get("type") == "virtiofs"
+    assert fs.find("source").get("dir") == str(share)
+    assert root.find("memoryBacking/access").get("mode") == "shared"
+    assert root.find("memoryBacking/source").get("type") == "memfd"
+
+    # changes, removals: check, apply, check, apply again
+    edited = dict(
+        spec,
+        controllers=[{"type": "scsi", "queues": 4, "iothread": 1}],
+        tpm={"model": "none"},
+        video={"model": "vga"},
+        sound=[],
+        inputs=[{"type": "tablet", "bus": "usb"}],
+        sysinfo={},
+        filesystems=[],
+    )
+    steps = four_results(playbook, domain_task("edit", edited))
+    assert sorted(steps[1]["changes"]) == sorted(
+        ["controllers", "tpm", "video", "sound", "inputs", "sysinfo", "filesystems"]
+    )
+    assert steps[3]["changes"] == []
+    root = etree.fromstring(inactive_xml(conn, name).encode())
+    assert root.find("devices/controller[@type='scsi']/driver").get("queues") == "4"
+    assert root.find("devices/tpm") is None
+    assert root.find("devices/sound") is None
+    assert root.find("devices/filesystem") is None
+    assert root.find("os/smbios") is None
+    assert root.find("sysinfo") is None
+    assert [(i.get("type"), i.get("bus")) for i in root.findall("devices/input")] == [
+        ("tablet", "usb"),
+        ("mouse", "ps2"),
+        ("keyboard", "ps2"),
+    ]
+
+
+@pytest.mark.integration
+def test_bad_devices_fail_before_any_change(playbook, conn, name_prefix, files):
+    name = f"{name_prefix}-bad"
+    base = {"name": name, "memory": 128}
+    cases = {
+        "nodir": dict(base, filesystems=[{"source": str(files / "missing"), "target": "t"}]),
+        "tpm12crb": dict(base, tpm={"model": "tpm-crb", "version": "1.2"}),
+        "queues": dict(base, controllers=[{"type": "usb", "queues": 2}]),
+        "iothread": dict(
+            base,
+            tuning={"iothreads": 1},
+            controllers=[{"type": "scsi", "iothread": 2}],
+        ),
+    }
+    tasks = [domain_task(k, v, ignore_errors=True) for k, v in cases.items()]
+    run = playbook(tasks)
+    assert f"directory {files / 'missing'} does not exist" in failed(run, "nodir")["msg"]
+    assert "needs version 2.0" in failed(run, "tpm12crb")["msg"]
+    assert "virtio-scsi" in failed(run, "queues")["msg"]
+    assert "iothread 2 does not exist" in failed(run, "iothread")["msg"]
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(name)
