@@ -226,7 +226,39 @@ class HostChecks:
             self.check_dir(fs["source"], f"filesystems source of {fs['target']}")
         if f.get("tpm", {}).get("model", "none") != "none":
             self.check_tpm(f["tpm"], wish.fields.get("virt_type"))
+        if f.get("hostdevs"):
+            self.check_hostdevs(f, actual_root)
         self.check_cpusets(wish)
+
+    def check_hostdevs(self, f: dict, actual_root) -> None:
+        """A PCI device must exist on the host (libvirt's node devices); a device's boot order
+        excludes the guest's <os><boot dev=...> list, which libvirt refuses beside it."""
+        for i, dev in enumerate(f["hostdevs"]):
+            if dev["type"] == "pci":
+                self.pci_device(dev["address"], f"hostdevs[{i}]")
+        if any(dev.get("boot_order") is not None for dev in f["hostdevs"]):
+            boot = f.get("boot")
+            if boot is None and actual_root is not None:
+                boot = [b.get("dev") for b in actual_root.findall("os/boot")]
+            if boot:
+                raise KvmValidationError(
+                    "hostdevs: a boot_order cannot be used with the guest's boot list "
+                    f"({', '.join(boot)}); set boot: [] and give the disks' order in xml"
+                )
+
+    def pci_device(self, address: str, what: str) -> None:
+        domain, bus, rest = address.split(":")
+        slot, function = rest.split(".")
+        name = f"pci_{domain}_{bus}_{slot}_{function}"
+        try:
+            self.conn.nodeDeviceLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if is_error(exc, libvirt.VIR_ERR_NO_NODE_DEVICE):
+                raise KvmValidationError(
+                    f"{what}: this host has no PCI device {address} (virsh nodedev-list "
+                    "--cap pci lists those it has)"
+                ) from None
+            raise from_libvirt(exc, f"look up the PCI device {address}") from exc
 
     def check_dir(self, path: str, what: str) -> None:
         if not self.local:

@@ -4,7 +4,7 @@
 #
 # Private module_utils of virtops.kvm: not a public API, may change without notice.
 """The domain's typed devices beyond disks and NICs: controllers, TPM, video, sound, inputs,
-SMBIOS system information and virtiofs shared folders.
+SMBIOS system information, virtiofs shared folders and host devices (PCI, USB, mdev).
 
 Each has a parser of its option (``*_wish``, pure, raising ``KvmValidationError``), a reader
 of a definition into plain comparable data, and a writer that patches a definition (keeping
@@ -14,6 +14,8 @@ what libvirt generated: addresses, aliases, the controllers and PS/2 inputs it a
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 from . import _xml
@@ -439,3 +441,189 @@ def _insert_backing(backing, elem, after: tuple[str, ...]) -> None:
 
 def read_shared_memory(root) -> bool:
     return _xml.attr(root, "memoryBacking/access", "mode") == "shared"
+
+
+# -- host devices: PCI (and SR-IOV virtual functions) by address, USB by vendor and product,
+# mediated devices by UUID; the complete list of those (other hostdevs are kept)
+HOSTDEV_TYPES = ("pci", "usb", "mdev")
+HOSTDEV_KEYS = {
+    "pci": ("address", "managed", "rom", "boot_order"),
+    "usb": ("vendor", "product", "managed", "boot_order"),
+    "mdev": ("uuid", "model", "boot_order"),
+}
+_PCI_ADDRESS = re.compile(
+    r"^(?:([0-9a-f]{1,4}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$", re.IGNORECASE
+)
+_USB_ID = re.compile(r"^(?:0x)?([0-9a-f]{1,4})$", re.IGNORECASE)
+
+
+def pci_address(text: str, what: str) -> str:
+    """``[DDDD:]BB:SS.F`` in lspci's form, canonical (``0000:00:1f.2``)."""
+    match = _PCI_ADDRESS.match(text.strip())
+    if match is None or int(match.group(3), 16) > 0x1F:
+        raise KvmValidationError(
+            f"{what}: PCI address {text!r} is not of the form [DDDD:]BB:SS.F (as lspci -D shows)"
+        )
+    domain, bus, slot, function = match.groups()
+    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(slot, 16):02x}.{function}"
+
+
+def _usb_id(text: str, what: str) -> str:
+    match = _USB_ID.match(text.strip())
+    if match is None:
+        raise KvmValidationError(f"{what} {text!r} is not a USB id (4 hex digits, as lsusb shows)")
+    return f"0x{int(match.group(1), 16):04x}"
+
+
+def hostdev_key(entry: dict[str, Any]) -> tuple:
+    return (
+        entry["type"],
+        entry.get("address") or entry.get("uuid") or "",
+        entry.get("vendor") or "",
+        entry.get("product") or "",
+    )
+
+
+def hostdevs_wish(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    result = []
+    keys = set()
+    orders = set()
+    for i, spec in enumerate(specs):
+        kind = spec.get("type") or "pci"
+        what = f"hostdevs[{i}]"
+        given = {k for k, v in spec.items() if v is not None and k != "type"}
+        wrong = sorted(given - set(HOSTDEV_KEYS[kind]))
+        if wrong:
+            raise KvmValidationError(f"{what}: {', '.join(wrong)} not for a {kind} host device")
+        entry: dict[str, Any] = {"type": kind}
+        if kind == "pci":
+            if not spec.get("address"):
+                raise KvmValidationError(f"{what}: a pci host device needs its address")
+            entry["address"] = pci_address(spec["address"], what)
+        elif kind == "usb":
+            if not spec.get("vendor") or not spec.get("product"):
+                raise KvmValidationError(f"{what}: a usb host device needs vendor and product")
+            entry["vendor"] = _usb_id(spec["vendor"], f"{what}: vendor")
+            entry["product"] = _usb_id(spec["product"], f"{what}: product")
+        else:
+            try:
+                entry["uuid"] = str(uuid.UUID(spec.get("uuid") or ""))
+            except ValueError:
+                raise KvmValidationError(
+                    f"{what}: a mdev host device needs the UUID of the mediated device, "
+                    f"not {spec.get('uuid')!r}"
+                ) from None
+            entry["model"] = spec.get("model") or "vfio-pci"
+        if kind in ("pci", "usb"):
+            entry["managed"] = spec.get("managed") is not False
+        if spec.get("rom") is not None:
+            entry["rom"] = bool(spec["rom"])
+        order = spec.get("boot_order")  # not given: no boot from it (compared too)
+        if order is not None:
+            if order < 1:
+                raise KvmValidationError(f"{what}: boot_order must be at least 1")
+            if order in orders:
+                raise KvmValidationError(f"{what}: boot_order {order} is given twice")
+            orders.add(order)
+        entry["boot_order"] = order
+        key = hostdev_key(entry)
+        if key in keys:
+            raise KvmValidationError(f"{what}: the same host device is given twice")
+        keys.add(key)
+        result.append(entry)
+    return sorted(result, key=hostdev_key)
+
+
+def _hostdevs(root):
+    return [
+        e
+        for e in root.findall("devices/hostdev")
+        if e.get("mode", "subsystem") == "subsystem" and e.get("type") in HOSTDEV_TYPES
+    ]
+
+
+def _hostdev(elem) -> dict[str, Any]:
+    kind = elem.get("type")
+    entry: dict[str, Any] = {"type": kind}
+    source = elem.find("source")
+    if kind == "pci":
+        addr = source.find("address") if source is not None else None
+        if addr is not None:
+            entry["address"] = "{:04x}:{:02x}:{:02x}.{:x}".format(
+                *(int(addr.get(k) or "0", 16) for k in ("domain", "bus", "slot", "function"))
+            )
+    elif kind == "usb":
+        entry["vendor"] = _xml.attr(source, "vendor", "id") if source is not None else None
+        entry["product"] = _xml.attr(source, "product", "id") if source is not None else None
+    else:
+        entry["uuid"] = _xml.attr(source, "address", "uuid") if source is not None else None
+        entry["model"] = elem.get("model")
+    if kind in ("pci", "usb"):
+        entry["managed"] = elem.get("managed") == "yes"
+    rom = elem.find("rom")
+    if rom is not None and rom.get("bar") in ("on", "off"):
+        entry["rom"] = rom.get("bar") == "on"
+    entry = _clean(entry)
+    entry["boot_order"] = _int(_xml.attr(elem, "boot", "order"))
+    return entry
+
+
+def read_hostdevs(root) -> list[dict[str, Any]]:
+    return sorted((_hostdev(e) for e in _hostdevs(root)), key=hostdev_key)
+
+
+def project_hostdevs(actual: list[dict[str, Any]], want: list[dict[str, Any]]):
+    """Wished devices compared on what the wish gives (a ROM not given is not compared);
+    devices not wished are shown, to be removed."""
+    wanted = {hostdev_key(w): w for w in want}
+    result = []
+    for have in actual:
+        entry = wanted.get(hostdev_key(have))
+        result.append({k: have.get(k) for k in entry} if entry is not None else have)
+    return result
+
+
+def write_hostdevs(root, want: list[dict[str, Any]]) -> None:
+    devices = devices_of(root)
+    wanted = {hostdev_key(w): w for w in want}
+    for elem in _hostdevs(root):
+        if hostdev_key(_hostdev(elem)) not in wanted:
+            devices.remove(elem)
+    existing = {hostdev_key(_hostdev(e)): e for e in _hostdevs(root)}
+    for key, entry in wanted.items():
+        elem = existing.get(key)
+        if elem is None:
+            elem = _new_hostdev(entry)
+            insert_device(devices, elem)
+        if "managed" in entry:
+            elem.set("managed", "yes" if entry["managed"] else "no")
+        if entry["type"] == "mdev":
+            elem.set("model", entry["model"])
+        _xml.remove(elem.find("boot"))
+        if entry.get("boot_order") is not None:
+            _xml.sub(elem, "boot", order=str(entry["boot_order"]))
+        if "rom" in entry:
+            _xml.remove(elem.find("rom"))
+            _xml.sub(elem, "rom", bar="on" if entry["rom"] else "off")
+
+
+def _new_hostdev(entry: dict[str, Any]):
+    elem = etree.Element("hostdev", mode="subsystem", type=entry["type"])
+    source = _xml.sub(elem, "source")
+    if entry["type"] == "pci":
+        domain, bus, rest = entry["address"].split(":")
+        slot, function = rest.split(".")
+        _xml.sub(
+            source,
+            "address",
+            domain=f"0x{domain}",
+            bus=f"0x{bus}",
+            slot=f"0x{slot}",
+            function=f"0x{function}",
+        )
+    elif entry["type"] == "usb":
+        _xml.sub(source, "vendor", id=entry["vendor"])
+        _xml.sub(source, "product", id=entry["product"])
+    else:
+        _xml.sub(source, "address", uuid=entry["uuid"])
+    return elem

@@ -155,6 +155,13 @@ FIELDS: list[Field] = [
     Field("sysinfo", extra.read_sysinfo, extra.write_sysinfo, pending=True),
     Field("filesystems", extra.read_filesystems, extra.write_filesystems, pending=True),
     Field(
+        "hostdevs",
+        extra.read_hostdevs,
+        extra.write_hostdevs,
+        extra.project_hostdevs,
+        pending=True,
+    ),
+    Field(
         "tuning.vcpu_pins",
         tune.read_vcpu_pins,
         tune.write_vcpu_pins,

@@ -111,6 +111,7 @@ EXTRA_DEVICES = {
     "inputs": extra.inputs_wish,
     "sysinfo": extra.sysinfo_wish,
     "filesystems": extra.filesystems_wish,
+    "hostdevs": extra.hostdevs_wish,
 }
 
 

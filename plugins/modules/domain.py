@@ -14,7 +14,8 @@ description:
   - Typed options cover what virt-install users set (memory, vCPUs, CPU, machine, firmware,
     boot, direct kernel boot, disks, NICs, graphics, serial ports, guest agent, RNG, watchdog,
     controllers, TPM, video, sound, inputs, SMBIOS system information, virtiofs shared
-    folders, tuning). O(xml) merges a fragment or a whole document for anything not modelled.
+    folders, host devices, tuning). O(xml) merges a fragment or a whole document for anything
+    not modelled.
   - Only the settings given are compared, on libvirt's inactive definition parsed into typed
     models. What libvirt generates (UUID, MAC addresses not given, PCI addresses, aliases,
     default controllers) is kept and never reported as a change. Check mode never writes.
@@ -482,6 +483,55 @@ options:
         description: Mount tag the guest uses (at most 36 characters).
         type: str
         required: true
+  hostdevs:
+    description:
+      - The complete list of host devices given to the guest (V([]) removes them); PCI devices
+        by address (an SR-IOV virtual function is a PCI device at its own address), USB devices
+        by vendor and product, mediated devices (vGPU slices and the like) by UUID. Other host
+        devices of the definition (SCSI, C(mode="capabilities")) are kept and not compared.
+      - A PCI address the host does not have fails before any change. USB and mediated devices
+        are looked for by libvirt when the guest starts.
+      - With O(hostdevs[].managed) libvirt detaches a PCI device from its host driver (binds
+        it to vfio-pci) when the guest starts and gives it back when it stops; nothing happens
+        to the device while the guest is only defined. Applies at the next boot.
+    type: list
+    elements: dict
+    suboptions:
+      type:
+        description: Kind of device.
+        type: str
+        choices: [pci, usb, mdev]
+        default: pci
+      address:
+        description: PCI address, V(DDDD:BB:SS.F) or V(BB:SS.F) as C(lspci -D) shows it (V(pci)
+          only).
+        type: str
+      vendor:
+        description: USB vendor id, 4 hex digits as C(lsusb) shows it (V(usb) only).
+        type: str
+      product:
+        description: USB product id (V(usb) only).
+        type: str
+      uuid:
+        description: UUID of the mediated device (V(mdev) only).
+        type: str
+      model:
+        description: Device API of a mediated device (V(mdev) only; V(vfio-pci) when not
+          given).
+        type: str
+        choices: [vfio-pci, vfio-ccw, vfio-ap]
+      managed:
+        description: Whether libvirt detaches the device from the host and reattaches it
+          (V(pci) and V(usb); V(true) when not given).
+        type: bool
+      rom:
+        description: Whether the guest sees the PCI device's option ROM (C(<rom bar=...>));
+          not compared when not given (V(pci) only).
+        type: bool
+      boot_order:
+        description: Boot from this device, in this order (from 1). Per-device boot orders
+          exclude O(boot) (libvirt refuses both), so the guest's boot list must be empty.
+        type: int
   autostart:
     description: Start the guest when libvirtd starts.
     type: bool
@@ -722,6 +772,14 @@ EXAMPLES = r"""
       - {type: tablet, bus: usb}
     sysinfo:
       system: {manufacturer: Example, product: Web, serial: WEB-0001}
+
+- name: A PCI device (an SR-IOV virtual function) and a USB stick, booting from the VF
+  virtops.kvm.domain:
+    name: web1
+    boot: []  # per-device boot orders replace the boot list
+    hostdevs:
+      - {type: pci, address: "0000:3b:02.1", boot_order: 1}
+      - {type: usb, vendor: "0781", product: "5581"}
 
 - name: Something not modelled, as an XML fragment
   virtops.kvm.domain:
@@ -1035,6 +1093,21 @@ ARGUMENT_SPEC = {
         "options": {
             "source": {"type": "path", "required": True},
             "target": {"type": "str", "required": True},
+        },
+    },
+    "hostdevs": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "type": {"type": "str", "default": "pci", "choices": ["pci", "usb", "mdev"]},
+            "address": {"type": "str"},
+            "vendor": {"type": "str"},
+            "product": {"type": "str"},
+            "uuid": {"type": "str"},
+            "model": {"type": "str", "choices": ["vfio-pci", "vfio-ccw", "vfio-ap"]},
+            "managed": {"type": "bool"},
+            "rom": {"type": "bool"},
+            "boot_order": {"type": "int"},
         },
     },
     "autostart": {"type": "bool"},

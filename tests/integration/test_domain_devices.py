@@ -1,5 +1,6 @@
 """Integration tests of the domain module's typed devices (controllers, TPM, video, sound,
-inputs, SMBIOS, virtiofs) against the real libvirtd: defined, not booted (issue 17)."""
+inputs, SMBIOS, virtiofs, host devices) against the real libvirtd: defined, not booted
+(issue 17)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,10 @@ def test_bad_devices_fail_before_any_change(playbook, conn, name_prefix, files):
             tuning={"iothreads": 1},
             controllers=[{"type": "scsi", "iothread": 2}],
         ),
+        "nopci": dict(base, hostdevs=[{"address": "0000:fe:1f.7"}]),
+        "bootlist": dict(
+            base, boot=["hd"], hostdevs=[{"address": host_pci(conn), "boot_order": 1}]
+        ),
     }
     tasks = [domain_task(k, v, ignore_errors=True) for k, v in cases.items()]
     run = playbook(tasks)
@@ -121,5 +126,61 @@ def test_bad_devices_fail_before_any_change(playbook, conn, name_prefix, files):
     assert "needs version 2.0" in failed(run, "tpm12crb")["msg"]
     assert "virtio-scsi" in failed(run, "queues")["msg"]
     assert "iothread 2 does not exist" in failed(run, "iothread")["msg"]
+    assert "this host has no PCI device 0000:fe:1f.7" in failed(run, "nopci")["msg"]
+    assert "cannot be used with the guest's boot list" in failed(run, "bootlist")["msg"]
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName(name)
+
+
+def host_pci(conn) -> str:
+    """The address of a PCI device this host has (defining a guest with it touches nothing)."""
+    devices = conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)
+    assert devices, "no PCI device on this host"
+    caps = etree.fromstring(devices[-1].XMLDesc(0).encode()).find("capability")
+    parts = [int(caps.find(k).text) for k in ("domain", "bus", "slot", "function")]
+    return "{:04x}:{:02x}:{:02x}.{:x}".format(*parts)
+
+
+@pytest.mark.integration
+def test_host_devices_converge(playbook, conn, name_prefix, cleanup):
+    """PCI by address, USB by vendor and product, mdev by UUID: check, apply, check, apply on a
+    defined guest (no device is detached from the host until the guest starts)."""
+    name = f"{name_prefix}-hostdev"
+    address = host_pci(conn)
+    mdev = "c2177883-f1bb-47f0-914d-32a22e3a8804"
+    spec = {
+        "name": name,
+        "memory": 128,
+        "machine": "q35",
+        "boot": [],
+        "hostdevs": [
+            {"type": "pci", "address": address, "rom": False, "boot_order": 1},
+            {"type": "usb", "vendor": "0x1d6b", "product": "0x0002", "managed": False},
+            {"type": "mdev", "uuid": mdev},
+        ],
+    }
+    steps = four_results(playbook, domain_task("guest", spec))
+    assert "hostdevs" in steps[0]["changes"]
+    root = etree.fromstring(inactive_xml(conn, name).encode())
+    pci = root.find("devices/hostdev[@type='pci']")
+    assert (pci.get("managed"), pci.find("rom").get("bar")) == ("yes", "off")
+    assert pci.find("boot").get("order") == "1"
+    source = pci.find("source/address")
+    got = "{:04x}:{:02x}:{:02x}.{:x}".format(
+        *(int(source.get(k), 16) for k in ("domain", "bus", "slot", "function"))
+    )
+    assert got == address
+    usb = root.find("devices/hostdev[@type='usb']")
+    assert usb.get("managed") == "no"
+    assert usb.find("source/vendor").get("id") == "0x1d6b"
+    assert root.find("devices/hostdev[@type='mdev']/source/address").get("uuid") == mdev
+
+    # without a per-device boot order libvirt gives the guest <boot dev="hd"/> again
+    edited = dict(spec, hostdevs=[{"type": "pci", "address": address}])
+    del edited["boot"]
+    steps = four_results(playbook, domain_task("edit", edited))
+    assert steps[1]["changes"] == ["hostdevs"]
+    assert steps[0]["diff"]["before"]["hostdevs"] != steps[0]["diff"]["after"]["hostdevs"]
+    root = etree.fromstring(inactive_xml(conn, name).encode())
+    [pci] = root.findall("devices/hostdev")
+    assert pci.get("type") == "pci" and pci.find("boot") is None

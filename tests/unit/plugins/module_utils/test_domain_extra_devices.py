@@ -213,3 +213,124 @@ def test_written_devices_pass_libvirt_schema(tmp_path):
         ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr + path.read_text()
+
+
+HOSTDEVS = """
+<domain type='qemu'>
+  <name>g3</name>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x00' slot='0x1f' function='0x2'/></source>
+      <rom bar='off'/>
+      <boot order='1'/>
+      <address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='usb' managed='no'>
+      <source><vendor id='0x046d'/><product id='0xc52b'/></source>
+      <address type='usb' bus='0' port='2'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='scsi'>
+      <source><adapter name='scsi_host0'/><address bus='0' target='0' unit='0'/></source>
+    </hostdev>
+  </devices>
+</domain>
+"""
+
+
+@pytest.fixture
+def hostdev_root():
+    return etree.fromstring(HOSTDEVS.encode(), etree.XMLParser(remove_blank_text=True))
+
+
+def test_hostdevs_read_and_same_wish(hostdev_root):
+    assert extra.read_hostdevs(hostdev_root) == [
+        {"type": "pci", "address": "0000:00:1f.2", "managed": True, "rom": False, "boot_order": 1},
+        {
+            "type": "usb",
+            "vendor": "0x046d",
+            "product": "0xc52b",
+            "managed": False,
+            "boot_order": None,
+        },
+    ]
+    f = wished(
+        boot=[],
+        hostdevs=[
+            {"type": "usb", "vendor": "46D", "product": "0xC52B", "managed": False},
+            {"address": "00:1f.2", "boot_order": 1},  # rom not given: not compared
+        ],
+    )
+    assert [n for n, before, after in model.compare(hostdev_root, f) if before != after] == []
+
+
+def test_hostdevs_change_keeps_the_rest(hostdev_root):
+    pci_address = _xml.to_string(hostdev_root.find("devices/hostdev/address"))
+    uuid = "c2177883-f1bb-47f0-914d-32a22e3a8804"
+    f = wished(
+        hostdevs=[
+            {"type": "pci", "address": "0000:00:1f.2", "rom": True},
+            {"type": "mdev", "uuid": uuid.upper()},
+        ]
+    )
+    assert changes(hostdev_root, f) == ["hostdevs"]
+    model.write(hostdev_root, f, list(f))
+    assert changes(hostdev_root, f) == []
+    pci = hostdev_root.find("devices/hostdev[@type='pci']")
+    assert _xml.to_string(pci.find("address")) == pci_address  # kept its guest address
+    assert pci.find("boot") is None and pci.find("rom").get("bar") == "on"
+    assert hostdev_root.find("devices/hostdev[@type='usb']") is None
+    assert hostdev_root.find("devices/hostdev[@type='scsi']") is not None  # not ours
+    mdev = hostdev_root.find("devices/hostdev[@type='mdev']")
+    assert (mdev.get("model"), mdev.find("source/address").get("uuid")) == ("vfio-pci", uuid)
+    f = wished(hostdevs=[])
+    model.write(hostdev_root, f, list(f))
+    assert extra.read_hostdevs(hostdev_root) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"address": "0000:00:20.0"}, "not of the form"),
+        ({"address": "1f.2"}, "not of the form"),
+        ({"type": "pci"}, "needs its address"),
+        ({"type": "usb", "vendor": "046d"}, "needs vendor and product"),
+        ({"type": "usb", "vendor": "xyz", "product": "1"}, "not a USB id"),
+        ({"type": "mdev", "uuid": "nope"}, "UUID of the mediated device"),
+        ({"type": "usb", "vendor": "1", "product": "2", "rom": True}, "rom not for a usb"),
+        ({"address": "00:02.0", "boot_order": 0}, "at least 1"),
+    ],
+)
+def test_bad_hostdevs_fail(spec, message):
+    with pytest.raises(KvmValidationError, match=message):
+        wished(hostdevs=[spec])
+
+
+def test_hostdevs_twice_fail():
+    with pytest.raises(KvmValidationError, match="given twice"):
+        wished(hostdevs=[{"address": "00:02.0"}, {"address": "0000:00:02.0"}])
+    with pytest.raises(KvmValidationError, match="boot_order 1 is given twice"):
+        wished(
+            hostdevs=[
+                {"address": "00:02.0", "boot_order": 1},
+                {"address": "00:03.0", "boot_order": 1},
+            ]
+        )
+
+
+def test_written_hostdevs_pass_libvirt_schema(tmp_path):
+    root = model.skeleton("g4", "qemu")
+    f = wished(
+        hostdevs=[
+            {"address": "00:02.0", "rom": False, "boot_order": 1},
+            {"type": "usb", "vendor": "1d6b", "product": "0002"},
+            {"type": "mdev", "uuid": "c2177883-f1bb-47f0-914d-32a22e3a8804"},
+        ],
+    )
+    model.write(root, f, list(f))
+    path = tmp_path / "d.xml"
+    path.write_text(_xml.to_string(root))
+    proc = subprocess.run(
+        ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr + path.read_text()

@@ -356,6 +356,7 @@ SHOWN_LIVE = {
     "inputs",
     "sysinfo",
     "filesystems",
+    "hostdevs",
     "tuning.iothreads",
     "tuning.numa_memory",
     "tuning.hugepages",
@@ -365,7 +366,7 @@ SHOWN_LIVE = {
 
 def test_each_field_is_declared_once():
     names = [f.name for f in model.FIELDS]
-    assert len(names) == len(set(names)) == len(model.FIELDS_BY_NAME) == 44
+    assert len(names) == len(set(names)) == len(model.FIELDS_BY_NAME) == 45
 
 
 def test_live_and_restart_come_from_the_table():
