@@ -120,11 +120,16 @@ def delete_checkpoint(dom, name: str) -> None:
 
 
 def job_active(dom) -> bool:
+    """Whether the guest has a job. libvirt answers "backup job data missing" (an internal
+    error) while a backup job starts and while it ends (its data already dropped, the job
+    not yet): the job is still there then."""
     try:
         return dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
     except libvirt.libvirtError as exc:
         if is_error(exc, libvirt.VIR_ERR_OPERATION_INVALID):
             return False  # not running: no job
+        if is_error(exc, libvirt.VIR_ERR_INTERNAL_ERROR) and "job data missing" in str(exc):
+            return True
         raise from_libvirt(exc, f"read the job of {dom.name()}") from exc
 
 

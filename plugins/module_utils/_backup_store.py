@@ -12,8 +12,10 @@ Layout under the backup directory ``dest``::
     dest/<guest>/<id>/<disk>.qcow2     one image per disk (vda.qcow2...)
     dest/<guest>/.<id>.partial/        a backup being written (or one that was interrupted)
 
-``<id>`` is ``<UTC time>-full`` or ``<UTC time>-inc`` (``20261201T112233Z-inc``), so ids sort
-in time order. An incremental image holds only the clusters written since its parent; its
+``<id>`` is ``<UTC time>-full`` or ``<UTC time>-inc`` (``20261201T112233Z-inc``); a second
+backup in the same second gets ``-2``, ``-3``... after the time (``20261201T112233Z-2-inc``),
+and backups are ordered by time, then that number (``id_key``), not by their text. An
+incremental image holds only the clusters written since its parent; its
 qcow2 header names the parent's image of the same disk as its backing file, relative
 (``../<parent id>/vda.qcow2``), so that a chain can be read by ``qemu-img`` anywhere the
 directory is copied to. The manifest holds each image's size and SHA-256; a backup
@@ -51,16 +53,30 @@ def now_utc() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def id_key(backup_id: str) -> tuple[str, int, str]:
+    """The order of backup ids: time, then the number of a later backup in the same second
+    (``...Z-inc`` is 1, ``...Z-2-inc`` 2): ``-2-inc`` sorts before ``-inc`` as text."""
+    match = ID_RE.match(backup_id)
+    if match is None:
+        return (backup_id, 0, "")
+    return (backup_id[:16], int(match.group(1)[1:]) if match.group(1) else 1, match.group(2))
+
+
 def new_id(guest_dir: str, mode: str, when: datetime.datetime) -> str:
-    """A fresh backup id for ``mode`` (full | incremental), unique in ``guest_dir``."""
+    """A fresh backup id for ``mode`` (full | incremental), unique in ``guest_dir`` and
+    ordered (``id_key``) after every backup or ``.partial`` directory of the same second,
+    whichever its kind."""
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     kind = "full" if mode == "full" else "inc"
-    taken = set(os.listdir(guest_dir)) if os.path.isdir(guest_dir) else set()
-    candidate, n = f"{stamp}-{kind}", 1
-    while candidate in taken or f".{candidate}{PARTIAL_SUFFIX}" in taken:
-        n += 1
-        candidate = f"{stamp}-{n}-{kind}"
-    return candidate
+    names = os.listdir(guest_dir) if os.path.isdir(guest_dir) else []
+    same_second = []
+    for name in names:
+        partial = name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+        backup_id = name[1 : -len(PARTIAL_SUFFIX)] if partial else name
+        if ID_RE.match(backup_id) and backup_id.startswith(stamp):
+            same_second.append(id_key(backup_id)[1])
+    n = max(same_second) + 1 if same_second else 1
+    return f"{stamp}-{kind}" if n == 1 else f"{stamp}-{n}-{kind}"
 
 
 def sha256_file(path: str) -> str:
@@ -246,6 +262,7 @@ class GuestBackups:
                 found.unreadable.append(Problem(name, f"unreadable manifest: {exc}"))
                 continue
             found.backups.append(backup)
+        found.backups.sort(key=lambda b: id_key(b.id))
         return found
 
     def by_id(self, backup_id: str) -> Backup | None:
@@ -292,8 +309,8 @@ class GuestBackups:
                 item = todo.pop(0)
                 members.append(item)
                 todo.extend(children.get(item.id, []))
-            out.append(sorted(members, key=lambda b: b.id))
-        return sorted(out, key=lambda c: c[0].id)
+            out.append(sorted(members, key=lambda b: id_key(b.id)))
+        return sorted(out, key=lambda c: id_key(c[0].id))
 
 
 # ---------------------------------------------------------------------------------------

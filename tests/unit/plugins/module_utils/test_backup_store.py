@@ -14,6 +14,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._backup_store import (
     Backup,
     DiskEntry,
     GuestBackups,
+    id_key,
     new_id,
     parse_age,
     retention_plan,
@@ -88,6 +89,32 @@ def test_a_backup_without_manifest_or_a_partial_one_is_not_a_backup(tmp_path):
         "20261201T010000Z-inc",
     ]
     assert new_id(store.dir, "incremental", T0.replace(hour=2)) == "20261201T020000Z-2-inc"
+
+
+def test_backups_of_the_same_second_are_ordered_by_their_number_not_their_text(tmp_path):
+    """Three backups in one second (as a test or a loop takes them): "-2-inc" sorts before
+    "-inc" as text, yet it is the later one, the latest, the one the next builds on."""
+    make(tmp_path, "20261201T000000Z-full")
+    make(tmp_path, "20261201T000001Z-inc", "20261201T000000Z-full")
+    make(tmp_path, "20261201T000001Z-2-inc", "20261201T000001Z-inc")
+    make(tmp_path, "20261201T000001Z-10-inc", "20261201T000001Z-2-inc")
+    store = GuestBackups.load(str(tmp_path), "g1")
+    order = [
+        "20261201T000000Z-full",
+        "20261201T000001Z-inc",
+        "20261201T000001Z-2-inc",
+        "20261201T000001Z-10-inc",
+    ]
+    assert [b.id for b in store.backups] == order
+    assert store.latest.id == "20261201T000001Z-10-inc"
+    assert [[b.id for b in c] for c in store.chains()] == [order]
+    assert sorted(reversed(order), key=id_key) == order
+    # a full backup in that second too comes after all of them, whatever its kind
+    second = T0.replace(second=1)
+    assert new_id(store.dir, "full", second) == "20261201T000001Z-11-full"
+    (tmp_path / "g1" / ".20261201T000002Z-inc.partial").mkdir()
+    assert new_id(store.dir, "full", T0.replace(second=2)) == "20261201T000002Z-2-full"
+    assert new_id(store.dir, "incremental", T0.replace(second=3)) == "20261201T000003Z-inc"
 
 
 def test_one_changed_byte_breaks_the_chain_and_a_missing_parent_too(dest):
