@@ -16,6 +16,8 @@ Series (see docs/performance.md for how each is measured):
   snapshot   item 5, snapshot create/revert time against disk size
   fleet      the inventory over 1/5/20 lab hypervisors (and a silent one): ours vs peer
   cluster    a 3-node lab cluster: forming it, an HA guest's standby migration and failover
+  backup     backup of a running guest: full and incremental against virtnbdbackup, and a
+             plain qemu-img convert copy
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .common import (
     pip_version,
 )
 
-SERIES = ("noop", "provision", "info", "migrate", "snapshot", "fleet", "cluster")
+SERIES = ("noop", "provision", "info", "migrate", "snapshot", "fleet", "cluster", "backup")
 # the series that run community.libvirt (benchmarks/.venv-peer is made only for them)
 PEER_SERIES = frozenset({"noop", "provision", "fleet"})
 DOC = ROOT / "docs" / "performance.md"
@@ -80,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="guest counts of the provisioning series (default 1,5,10; about 45 min under TCG)",
     )
     p.add_argument("--snapshot-gib", type=_ints, default=[1, 4, 16])
+    p.add_argument("--backup-gib", type=int, default=4, help="virtual size of the backed-up disk")
+    p.add_argument("--backup-data-gib", type=int, default=2, help="data written into it first")
+    p.add_argument(
+        "--backup-write-mib", type=int, default=64, help="written before the incremental"
+    )
     p.add_argument("--fleet-n", type=_ints, default=[1, 5, 20], help="hypervisor counts")
     p.add_argument("--fleet-guests", type=int, default=50, help="defined guests per hypervisor")
     p.add_argument(
@@ -149,6 +156,17 @@ def run_series(name: str, results: Results, args: argparse.Namespace, workdir: P
         from .series import cluster  # noqa: PLC0415
 
         cluster.run(results, reps=args.reps, workdir=workdir)
+    elif name == "backup":
+        from .series import backup  # noqa: PLC0415
+
+        backup.run(
+            results,
+            size_gib=args.backup_gib,
+            data_gib=args.backup_data_gib,
+            write_mib=args.backup_write_mib,
+            reps=args.reps,
+            workdir=workdir,
+        )
 
 
 def render(args: argparse.Namespace) -> int:

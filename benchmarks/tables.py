@@ -54,7 +54,7 @@ def render(results: Results, meta: dict[str, Any]) -> str:
             if not note.startswith(("not measured", "failed")):
                 lines.append(f"- {series}: {note}")
     lines.append("")
-    for part in (_noop, _provision, _info, _migrate, _snapshot, _fleet, _cluster):
+    for part in (_noop, _provision, _info, _migrate, _snapshot, _fleet, _cluster, _backup):
         lines += part(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -385,3 +385,30 @@ def _cluster_timings(t: dict[str, Any]) -> list[str]:
 def _nonzero(interval: str | None) -> bool:
     """A Pacemaker operation interval other than 0 (``0``, ``0s``, ``0ms``)."""
     return bool(interval) and interval.rstrip("ms") != "0"
+
+
+def _backup(results: Results) -> list[str]:
+    ns = _ns(results, "backup")
+    if not ns:
+        return []
+    out = [
+        "### 8. Backup of a running guest: virtops.kvm.backup, virtnbdbackup, a plain copy",
+        "",
+        "| disk GiB | case | ours s | virtnbdbackup s | qemu-img convert s | ours / virtnbdbackup "
+        "| ours / copy | ours MiB | virtnbdbackup MiB | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in ns:
+        for case in ("full backup", "incremental"):
+            sel = {"series": "backup", "case": case, "n": n}
+            ours = results.median(**sel, side="ours", metric="seconds")
+            peer = results.median(**sel, side="virtnbdbackup", metric="seconds")
+            floor = results.median(**sel, side="qemu-img convert", metric="seconds")
+            out.append(
+                f"| {_n(n)} | {case} | {_f(ours)} | {_f(peer)} | {_f(floor)} "
+                f"| {_x(ratio(ours, peer))} | {_x(ratio(ours, floor))} "
+                f"| {_f(results.median(**sel, side='ours', metric='size_mib'), 1)} "
+                f"| {_f(results.median(**sel, side='virtnbdbackup', metric='size_mib'), 1)} "
+                f"| {results.load_range(series='backup', case=case, n=n)} |"
+            )
+    return [*out, ""]

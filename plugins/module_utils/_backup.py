@@ -464,7 +464,7 @@ class BackupManager:
                     timeout=self.p["timeout"],
                 )
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, 0.25)  # a job's end is noticed within 0.25 s
         try:
             stats = self.dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         except libvirt.libvirtError as exc:
