@@ -162,6 +162,11 @@ TINY_MODULES = [
     "ext4",
     "button",
     "evdev",
+    # the domain module's typed devices, proven in the guest: a disk on a virtio-scsi
+    # controller (sd*) and a virtiofs shared folder (the CRB TPM driver is built in)
+    "virtio_scsi",
+    "sd_mod",
+    "virtiofs",
 ]
 MARKER_SIZE = "32M"
 
