@@ -148,6 +148,7 @@ def test_full_and_incremental_of_a_running_guest_restore_into_a_new_guest_with_i
             inc["backup"]["id"],
         ]
         clone = TinyGuest(target, guest.files, libvirt_conn)
+        assert clone.dom.UUIDString() != guest.dom.UUIDString()  # a guest of its own
         offset = len(clone.console())
         wait_for(lambda: b"TINY CMD READY" in clone.console()[offset:], 240, "the clone's boot")
         assert clone.read_marker("before-full").strip() == "one"
