@@ -118,13 +118,28 @@ options:
     description: Make the C(tag_*), C(state_*) and C(hypervisor_*) groups.
     type: bool
     default: true
+  guest_agent_connection:
+    description:
+      - Reach guests through their QEMU guest agent. Every running guest's agent is sent a
+        C(guest-ping) (at most 3 seconds each); a guest whose agent answers gets
+        C(ansible_connection=virtops.kvm.qemu_ga) with C(virtops_qemu_ga_uri) (its
+        hypervisor's URI) and C(virtops_qemu_ga_guest) (its libvirt name), so tasks run in it
+        through P(virtops.kvm.qemu_ga#connection), without network in the guest.
+      - Guests whose agent does not answer (shut off, no agent channel, no agent running)
+        are left alone - they keep the default connection, normally SSH to C(ansible_host).
+      - C(libvirt_agent_answers) tells which it was. With O(cache), the answer is the one of
+        the read that filled the cache.
+      - Needs connections that are not O(readonly).
+    type: bool
+    default: false
 notes:
   - Host variables - C(libvirt_name), C(libvirt_uuid), C(libvirt_uri), C(libvirt_hypervisor),
     C(libvirt_state), C(libvirt_active), C(libvirt_persistent), C(libvirt_autostart),
     C(libvirt_tags), C(libvirt_title), C(libvirt_description), C(libvirt_memory_mib),
     C(libvirt_vcpus), C(libvirt_snapshot_count), C(libvirt_interfaces) (MAC, type, source,
     addresses), C(libvirt_addresses) (by source), C(libvirt_address_source) (where
-    C(ansible_host) came from) and C(libvirt_errors) (agent errors, if any).
+    C(ansible_host) came from), C(libvirt_errors) (agent errors, if any) and, with
+    O(guest_agent_connection), C(libvirt_agent_answers).
 seealso:
   - module: virtops.kvm.domain_info
   - module: virtops.kvm.domain
@@ -158,6 +173,15 @@ cache_connection: ~/.cache/virtops-kvm-inventory
 cache_timeout: 600
 groups:
   big: libvirt_memory_mib >= 4096
+
+# Guests without network yet: tasks run through the guest agent where it answers
+plugin: virtops.kvm.libvirt
+uris:
+  - qemu:///system
+states: [running]
+guest_agent_connection: true
+compose:
+  ansible_python_interpreter: "'/usr/bin/python3'"
 """
 
 import traceback  # noqa: E402
@@ -182,17 +206,25 @@ try:
         LIBVIRT_IMPORT_ERROR,
         libvirt,
     )
+    from ansible_collections.virtops.kvm.plugins.module_utils._qemu_ga import (
+        AgentError,
+        GuestAgent,
+    )
 except ImportError as exc:  # lxml missing: the plugin says so when used
-    libvirt = None
+    libvirt = GuestAgent = AgentError = None
     LIBVIRT_IMPORT_ERROR = f"{exc}\n{traceback.format_exc()}"
 
 PREFIX = "libvirt_"
+AGENT_CONNECTION = "virtops.kvm.qemu_ga"
+AGENT_PING_SECONDS = 3
 # One connection attempt over SSH (TCP, key exchange, authentication) may take seconds.
 MIN_CONNECT_SECONDS = 5
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "virtops.kvm.libvirt"
+    # GuestAgent(dom, timeout=...) with ping(): tests put a fake agent here
+    guest_agent = GuestAgent
 
     def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and path.endswith((".libvirt.yml", ".libvirt.yaml"))
@@ -231,6 +263,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if workers < 1:
             raise AnsibleParserError("max_workers must be at least 1")
         skip = self.get_option("skip_unreachable")
+        if self.get_option("guest_agent_connection") and self.get_option("readonly"):
+            raise AnsibleParserError(
+                "guest_agent_connection needs connections that are not readonly "
+                "(libvirt refuses guest agent calls on read-only ones)"
+            )
         if self.get_option("keepalive_interval") > 0:
             ensure_event_loop()
         outcomes = read_many(
@@ -262,13 +299,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 conn, self.get_option("keepalive_interval"), self.get_option("keepalive_count")
             )
             connected()
-            return read_hypervisor(
+            data = read_hypervisor(
                 conn,
                 uri,
                 sources=sources,
                 states=self.get_option("states"),
                 tags=self.get_option("tags"),
             )
+            if self.get_option("guest_agent_connection"):
+                for guest in data["guests"]:
+                    guest["agent_answers"] = self._agent_answers(conn, guest)
+            return data
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, f"list the guests of {uri}") from exc
         finally:
@@ -276,6 +317,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 conn.close()
             except libvirt.libvirtError:
                 pass
+
+    def _agent_answers(self, conn, guest: dict[str, Any]) -> bool:
+        if guest["state"] != "running":
+            return False
+        try:
+            dom = conn.lookupByUUIDString(guest["uuid"])
+            self.guest_agent(dom, timeout=AGENT_PING_SECONDS).ping()
+        except (AgentError, libvirt.libvirtError):
+            return False
+        return True
 
     # -- populating ------------------------------------------------------------------------
     def _host_name(self, guest: dict[str, Any], hypervisor: str) -> str:
@@ -308,6 +359,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for name, (guest, hypervisor) in chosen.items():
             self.inventory.add_host(name)
             hostvars = self._hostvars(guest, hypervisor, order)
+            if self.get_option("guest_agent_connection"):
+                hostvars[PREFIX + "agent_answers"] = bool(guest.get("agent_answers"))
+                if guest.get("agent_answers"):
+                    hostvars["ansible_connection"] = AGENT_CONNECTION
+                    hostvars["virtops_qemu_ga_uri"] = guest["uri"]
+                    hostvars["virtops_qemu_ga_guest"] = guest["name"]
             for key, value in hostvars.items():
                 self.inventory.set_variable(name, key, value)
             if self.get_option("default_groups"):

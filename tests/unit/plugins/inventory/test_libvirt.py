@@ -300,3 +300,65 @@ def test_keepalive_off(plugin_class, tmp_path, conn):
         {"uris": [TEST_URI], "tags": ["nokeepalive"], "keepalive_interval": 0},
     )
     assert sorted(inv.hosts) == [web]
+
+
+def test_guest_agent_connection_only_where_the_agent_answers(
+    plugin_class, tmp_path, conn, monkeypatch
+):
+    answering = conn.define(start=True)
+    silent = conn.define(start=True)
+    off = conn.define()
+    pinged = []
+
+    class FakeAgent:  # GuestAgent: the test driver has no guest agent
+        def __init__(self, dom, *, timeout):
+            self.dom, self.timeout = dom, timeout
+
+        def ping(self):
+            pinged.append((self.dom.name(), self.timeout))
+            if self.dom.name() != answering:
+                raise plugin_module.AgentError("guest-ping: QEMU guest agent is not connected")
+
+    monkeypatch.setattr(plugin_class, "guest_agent", FakeAgent)
+    inv = run_plugin(
+        plugin_class, tmp_path, {"uris": [TEST_URI], "guest_agent_connection": True}, cache=False
+    )
+    hv = inv.get_host(answering).vars
+    assert hv["ansible_connection"] == "virtops.kvm.qemu_ga"
+    assert hv["virtops_qemu_ga_uri"] == TEST_URI
+    assert hv["virtops_qemu_ga_guest"] == answering
+    assert hv["libvirt_agent_answers"] is True
+    for name in (silent, off):
+        assert inv.get_host(name).vars["libvirt_agent_answers"] is False
+        assert "ansible_connection" not in inv.get_host(name).vars
+    pinged_names = {name for name, _timeout in pinged}
+    assert {answering, silent} <= pinged_names and off not in pinged_names  # running only
+    assert {timeout for _name, timeout in pinged} == {3}
+
+    # off by default: nobody is pinged and nothing is set
+    pinged.clear()
+    inv = run_plugin(plugin_class, tmp_path, {"uris": [TEST_URI]}, cache=False)
+    assert pinged == [] and "ansible_connection" not in inv.get_host(answering).vars
+    assert "libvirt_agent_answers" not in inv.get_host(answering).vars
+
+
+def test_guest_agent_connection_needs_read_write(plugin_class, tmp_path, conn):
+    with pytest.raises(AnsibleParserError, match="not readonly"):
+        run_plugin(
+            plugin_class,
+            tmp_path,
+            {"uris": [TEST_URI], "guest_agent_connection": True, "readonly": True},
+            cache=False,
+        )
+
+
+def test_guest_agent_connection_with_the_real_agent_class_on_the_test_driver(
+    plugin_class, tmp_path, conn
+):
+    """libvirt's test driver has no agent: the real GuestAgent says so and guests stay alone."""
+    running = conn.define(start=True)
+    inv = run_plugin(
+        plugin_class, tmp_path, {"uris": [TEST_URI], "guest_agent_connection": True}, cache=False
+    )
+    assert inv.get_host(running).vars["libvirt_agent_answers"] is False
+    assert "ansible_connection" not in inv.get_host(running).vars
