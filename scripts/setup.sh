@@ -17,6 +17,8 @@ DEB_PACKAGES=(
     ovmf seabios ipxe-qemu dnsmasq-base iptables iproute2 bridge-utils
     # build dependencies of libvirt-python
     libvirt-dev pkg-config gcc python3-dev
+    # libvirt's RBD storage backend: Ceph pools can be defined (the secret tests define one)
+    libvirt-daemon-driver-storage-rbd
     # XML schema validation (virt-xml-validate uses xmllint)
     libxml2-utils
     # test lab: guest images, cloud-init seeds, SSH into guests
@@ -31,6 +33,10 @@ DEB_PACKAGES=(
     # role cluster and its lab tests: Corosync, Pacemaker, their tools, agents (VirtualDomain,
     # fence_*); the lab's cluster nodes run them in namespaces
     pacemaker corosync pacemaker-cli-utils resource-agents fence-agents crmsh
+    # the backup benchmark's peer (make bench, series backup)
+    virtnbdbackup
+    # domain's emulated TPM (tpm option): libvirt offers the emulator backend only with swtpm
+    swtpm swtpm-tools
 )
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -50,6 +56,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ -s /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; then
+        echo "note: the running libvirtd loads new drivers (the RBD backend) only when restarted"
+    fi
 else
     echo "all present"
 fi

@@ -14,6 +14,7 @@ import uuid as uuidlib
 import libvirt
 import pytest
 import yaml
+from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.modules import secret as secret_module
 from ansible_collections.virtops.kvm.plugins.modules import secret_info
@@ -249,6 +250,45 @@ def test_secret_of_an_iscsi_pool(playbook, conn, name_prefix, made_secrets):
         forced = playbook([secret_task({"uuid": uuid, "state": "absent", "force": True})])
         assert forced.rc == 0 and forced.last["actions"] == ["undefine"]
         assert forced.last["users"] == [f"storage pool '{pool}'"]
+    finally:
+        remove_pool(conn, pool)
+
+
+def test_secret_of_a_ceph_pool(playbook, conn, name_prefix, made_secrets):
+    """A Ceph (rbd) pool naming a ceph secret of this module by usage: both converge (check,
+    apply, check, apply) and the secret is not removed while the pool names it. There is no
+    Ceph cluster here, so the pool is defined, not started (libvirt's RBD backend, Debian's
+    libvirt-daemon-driver-storage-rbd, must be loaded to define one)."""
+    usage = f"client.{name_prefix} secret"
+    pool = f"{name_prefix}-ceph"
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    secret = {"usage_type": "ceph", "usage_id": usage, "value": key, "value_encoding": "base64"}
+    pool_task = {
+        "name": "pool",
+        "virtops.kvm.pool": {
+            "name": pool,
+            "type": "rbd",
+            "active": False,
+            "source": {
+                "name": "vms",
+                "hosts": ["198.18.0.5", "198.18.0.6:6789"],
+                "auth": {"username": name_prefix, "secret_usage": usage},
+            },
+        },
+    }
+    try:
+        runs = four_times(playbook, [secret_task(secret), pool_task])
+        assert runs[1].task("pool")["actions"] == ["define"]
+        uuid = runs[1].task("secret")["secret"]["uuid"]
+        auth = etree.fromstring(conn.storagePoolLookupByName(pool).XMLDesc(0)).find("source/auth")
+        assert (auth.get("type"), auth.get("username")) == ("ceph", name_prefix)
+        assert auth.find("secret").get("usage") == usage
+        assert key not in json.dumps([run.results for run in runs])
+
+        kept = playbook([secret_task({"uuid": uuid, "state": "absent"}, ignore_errors=True)])
+        result = failed(kept, "secret")
+        assert result["users"] == [f"storage pool '{pool}'"]
+        assert conn.secretLookupByUUIDString(uuid)
     finally:
         remove_pool(conn, pool)
 

@@ -475,8 +475,9 @@ def test_pool_xml_is_valid_for_libvirt_schema(params, tmp_path):
 
 
 def test_rbd_pool_secret_made_and_rolled_back(playbook, conn, name_prefix):
-    """No Ceph (nor libvirt's RBD backend) here: the secret is created through the module,
-    and removed again when defining the pool fails; nothing is left behind."""
+    """No Ceph cluster here: the secret is created through the module, and removed again
+    when the pool fails (to start, with libvirt's RBD backend, which setup.sh installs; to be
+    defined, without it); nothing is left behind."""
     usage = f"{name_prefix} ceph key"
     key = "QVFCRUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE9PQ=="
     task = {
