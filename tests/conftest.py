@@ -2,7 +2,8 @@
 
 Images and guests (tests/lab/images.py, tests/lab/guests.py):
 ``libvirt_conn``, ``lab_cache``, ``tiny_image``, ``debian_image``, ``tiny_guest`` (factory),
-``debian_guest`` (factory), ``default_network``, ``ssh_keypair``.
+``debian_guest`` (factory), ``shared_debian_guest`` (one per session), ``default_network``,
+``ssh_keypair``.
 Several libvirt hosts on this machine (tests/lab/hosts.py): ``lab_hosts`` (2 hosts),
 ``lab_hosts_factory`` (``lab_hosts_factory(3)``); ``lab_cluster``: those three hosts formed into a
 Corosync/Pacemaker cluster by the role virtops.kvm.cluster (tests/lab/cluster.py).
@@ -170,6 +171,55 @@ def tiny_guest(libvirt_conn, tiny_image) -> Iterator:
             path.unlink(missing_ok=True)
 
 
+def _start_debian_guest(
+    conn,
+    debian_image,
+    ssh_keypair,
+    name: str | None = None,
+    *,
+    network: str | None = "default",
+    memory_mib: int = 1024,
+    vcpus: int = 2,
+    user_data: dict | None = None,
+    made: list | None = None,
+) -> lab_guests.DebianGuest:
+    """Define and start a debian guest with a NoCloud seed; it goes into ``made`` (for the
+    teardown) before it is defined."""
+    name = name or lab_guests.unique_name("vt-deb")
+    files = lab_guests.prepare_debian_files(name, debian_image)
+    mac = lab_guests.new_mac()
+    lab_images.make_seed_iso(
+        files.seed_iso,
+        instance_id=f"{name}-{time.time_ns()}",
+        hostname=name,
+        ssh_public_key=ssh_keypair.public,
+        mac=mac,
+        extra_user_data=user_data,
+    )
+    guest = lab_guests.DebianGuest(name, files, mac, network, conn, time.monotonic())
+    if made is not None:
+        made.append((guest, conn))
+    xml = lab_guests.debian_domain_xml(
+        name,
+        debian_image,
+        files,
+        mac=mac,
+        network=network,
+        memory_mib=memory_mib,
+        vcpus=vcpus,
+    )
+    dom = conn.defineXML(xml)
+    guest.started_at = time.monotonic()
+    dom.create()
+    return guest
+
+
+def _remove_debian_guests(made: list) -> None:
+    for guest, conn in made:
+        remove_domain_named({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
+        shutil.rmtree(guest.files.dir, ignore_errors=True)
+
+
 @pytest.fixture
 def debian_guest(libvirt_conn, debian_image, ssh_keypair) -> Iterator:
     """Factory: ``debian_guest(name=None, *, conn=None, network="default", memory_mib=1024,
@@ -180,47 +230,30 @@ def debian_guest(libvirt_conn, debian_image, ssh_keypair) -> Iterator:
     """
     made: list[tuple[lab_guests.DebianGuest, object]] = []
 
-    def make(
-        name: str | None = None,
-        *,
-        conn=None,
-        network: str | None = "default",
-        memory_mib: int = 1024,
-        vcpus: int = 2,
-        user_data: dict | None = None,
-    ) -> lab_guests.DebianGuest:
-        conn = conn or libvirt_conn
-        name = name or lab_guests.unique_name("vt-deb")
-        files = lab_guests.prepare_debian_files(name, debian_image)
-        mac = lab_guests.new_mac()
-        lab_images.make_seed_iso(
-            files.seed_iso,
-            instance_id=f"{name}-{time.time_ns()}",
-            hostname=name,
-            ssh_public_key=ssh_keypair.public,
-            mac=mac,
-            extra_user_data=user_data,
+    def make(name: str | None = None, *, conn=None, **kwargs) -> lab_guests.DebianGuest:
+        return _start_debian_guest(
+            conn or libvirt_conn, debian_image, ssh_keypair, name, made=made, **kwargs
         )
-        guest = lab_guests.DebianGuest(name, files, mac, network, conn, time.monotonic())
-        made.append((guest, conn))
-        xml = lab_guests.debian_domain_xml(
-            name,
-            debian_image,
-            files,
-            mac=mac,
-            network=network,
-            memory_mib=memory_mib,
-            vcpus=vcpus,
-        )
-        dom = conn.defineXML(xml)
-        guest.started_at = time.monotonic()
-        dom.create()
-        return guest
 
     yield make
-    for guest, conn in made:
-        remove_domain_named({id(c): c for c in (guest.conn, conn)}.values(), guest.name)
-        shutil.rmtree(guest.files.dir, ignore_errors=True)
+    _remove_debian_guests(made)
+
+
+@pytest.fixture(scope="session")
+def shared_debian_guest(libvirt_conn, debian_image, ssh_keypair, default_network):
+    """One debian guest of ``debian_guest``'s defaults (``default`` network, 1 GiB, 2 vCPUs)
+    booted once per session for the tests that need just a running one and leave it running
+    and reachable (tests/lab/test_debian.py over SSH, tests/lab/test_qemu_ga.py through the
+    guest agent): a boot under TCG costs minutes of CPU. Removed at the end of the session.
+    ``started_at`` is its start, so only the first test to use it measures its boot.
+    """
+    made: list[tuple[lab_guests.DebianGuest, object]] = []
+    try:
+        yield _start_debian_guest(
+            libvirt_conn, debian_image, ssh_keypair, network=default_network, made=made
+        )
+    finally:
+        _remove_debian_guests(made)
 
 
 @pytest.fixture(scope="session")

@@ -51,10 +51,8 @@ def ansible_ping(address: str, key: Path, user: str) -> subprocess.CompletedProc
     )
 
 
-def test_debian_guest_answers_ansible_ping(
-    debian_guest, default_network, ssh_keypair, record_property
-):
-    guest = debian_guest(network=default_network)
+def test_debian_guest_answers_ansible_ping(shared_debian_guest, ssh_keypair, record_property):
+    guest = shared_debian_guest  # booted once for this test and test_qemu_ga.py
     address = guest.address(timeout=900)
     lease_s = time.monotonic() - guest.started_at
     wait_ssh(address, timeout=900)
