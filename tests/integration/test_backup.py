@@ -8,12 +8,15 @@ thread and aborts the libvirt job from here while it runs).
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from xml.etree import ElementTree
 
 import libvirt
 import pytest
@@ -200,12 +203,16 @@ def test_full_and_incremental_of_a_running_guest_restore_into_a_new_guest_with_i
 
 
 @pytest.mark.lab
-def test_incremental_size_follows_the_data_written_not_the_disk_size(
-    tiny_guest, backup_dir, name_prefix
+def test_incremental_sizes_compression_quiesce_required_retention_and_a_restores_new_mac(
+    tiny_guest, backup_dir, name_prefix, libvirt_conn
 ):
     """1, 8 and 64 MiB written to a 2 GiB disk between backups: each incremental image is
-    the size of what was written (plus qcow2 metadata), not of the disk. (The module runs
-    in-process here: five ansible-playbook starts would double the test's time.)"""
+    the size of what was written (plus qcow2 metadata), not of the disk. Then on the same
+    guest and directory: quiesce=required fails before anything is taken (no agent);
+    a compressed chain (full and incremental) verifies and restores into a new guest
+    identical to the disk, with a new MAC; retention deletes whole older chains by keep and
+    by max_age and never the newest. (The module runs in-process here: ansible-playbook
+    starts would double the test's time.)"""
     vdb = backup_dir / "vdb.qcow2"
     guest = tiny_guest(f"{name_prefix}-b", extra_devices=[extra_disk(vdb, "2G")])
     dest = backup_dir / "dest"
@@ -235,6 +242,113 @@ def test_incremental_size_follows_the_data_written_not_the_disk_size(
     assert len(chain["backups"]) == 4 and chain["intact"] and chain["verified"]
     assert entry["next_incremental_possible"] is True
     print(f"incremental sizes (MiB written -> bytes): {sizes}")
+    first_chain = chain["backups"]
+    guest_dir = dest / guest.name
+
+    # quiesce=required without a guest agent: fails before anything is taken
+    refused = run_module(backup, {**args, "quiesce": "required"})
+    assert refused.get("failed") and "Cannot quiesce" in refused["msg"], refused
+    assert "no guest agent channel" in refused["msg"]
+    assert sorted(os.listdir(guest_dir)) == sorted(first_chain)
+    assert checkpoints(guest) == [inc["backup"]["checkpoint"]]
+
+    # a NIC in the guest's definition (not started: the saved domain.xml is the inactive one)
+    nic = "<interface type='network'><source network='default'/><model type='virtio'/></interface>"
+    guest.dom.attachDeviceFlags(nic, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    [mac] = [m.get("address") for m in _inactive(guest.dom).findall("devices/interface/mac")]
+
+    # a compressed chain: a full one, then 4 MiB of text (compressible) and an incremental;
+    # fsync, not sync: only a flush of /dev/vdb makes QEMU write its qcow2 metadata into
+    # vdb.qcow2, which the restored image is compared with
+    cfull = run_module(backup, {**args, "mode": "full", "compress": True})
+    assert cfull["backup"]["mode"] == "full" and cfull["backup"]["compressed"] is True, cfull
+    guest.check(
+        f"yes virtops-backup-compressed | head -c {4 * MIB}"
+        f" | dd of=/dev/vdb bs=1M seek={offset} conv=notrunc,fsync 2>/dev/null",
+        timeout=120,
+    )
+    cinc = run_module(backup, {**args, "compress": True})
+    assert cinc["backup"]["mode"] == "incremental", cinc
+    assert cinc["backup"]["parent"] == cfull["backup"]["id"]
+    assert cinc["backup"]["compressed"] is True
+    assert cinc["backup"]["disks"][0]["size"] < MIB, cinc  # 4 MiB of text, compressed
+    cimage = guest_dir / cinc["backup"]["id"] / "vdb.qcow2"
+    checked = subprocess.run(  # exit status 0: no errors, no leaks
+        ["qemu-img", "check", "--output=json", str(cimage)], check=True, capture_output=True
+    )
+    assert json.loads(checked.stdout)["compressed-clusters"] >= 4 * MIB // (64 * 1024)
+    info = run_module(backup_info, {"dest": str(dest), "name": guest.name})
+    assert [(c["backups"], c["intact"], c["verified"]) for c in info["guests"][0]["chains"]] == [
+        (first_chain, True, True),
+        ([cfull["backup"]["id"], cinc["backup"]["id"]], True, True),
+    ]
+    target = f"{name_prefix}-bc"
+    try:
+        restored = run_module(
+            backup_restore,
+            {
+                "name": guest.name,
+                "dest": str(dest),
+                "target": target,
+                "disk_dir": str(backup_dir / "restored"),
+            },
+        )
+        assert restored["changed"] and restored["chain"] == [
+            cfull["backup"]["id"],
+            cinc["backup"]["id"],
+        ], restored
+        image = backup_dir / "restored" / f"{target}-vdb.qcow2"
+        same = subprocess.run(  # nothing writes to vdb any more: the disk as backed up
+            ["qemu-img", "compare", "-U", str(vdb), str(image)], check=False, capture_output=True
+        )
+        assert same.returncode == 0, same.stdout + same.stderr
+        macs = _inactive(libvirt_conn.lookupByName(target)).findall("devices/interface/mac")
+        assert len(macs) == 1 and macs[0].get("address") not in (mac, None), (mac, macs)
+    finally:
+        from devtools.libvirt_cleanup import remove_domain_named  # noqa: PLC0415
+
+        remove_domain_named([libvirt_conn], target)
+
+    # retention: keep=2 after a third full backup deletes the first chain, all four backups
+    third = run_module(backup, {**args, "mode": "full", "keep": 2, "label": "third"})
+    third_id = third["backup"]["id"]
+    second_chain = [cfull["backup"]["id"], cinc["backup"]["id"]]
+    assert third["retention"]["deleted"] == [first_chain], third["retention"]
+    assert third["retention"]["kept"] == [second_chain, [third_id]]
+    assert sorted(os.listdir(guest_dir)) == sorted([*second_chain, third_id])
+    # max_age=1d with the second chain two days old: it goes; the newest chain stays whole
+    _backdate(guest_dir, second_chain, days=2)
+    aged = run_module(backup, {**args, "max_age": "1d"})
+    assert aged["backup"]["mode"] == "incremental" and aged["backup"]["parent"] == third_id
+    newest = [third_id, aged["backup"]["id"]]
+    assert aged["retention"]["deleted"] == [second_chain], aged["retention"]
+    assert sorted(os.listdir(guest_dir)) == sorted(newest)
+    # the newest chain is older than max_age too (nothing taken: its label exists): kept
+    _backdate(guest_dir, newest, days=2)
+    again = run_module(backup, {**args, "max_age": "1d", "keep": 1, "label": "third"})
+    assert again["changed"] is False and again["retention"]["deleted"] == [], again
+    assert again["retention"]["kept"] == [newest]
+    info = run_module(backup_info, {"dest": str(dest), "name": guest.name})
+    [entry] = info["guests"]
+    assert [(c["backups"], c["intact"], c["verified"]) for c in entry["chains"]] == [
+        (newest, True, True)
+    ]
+    assert entry["next_incremental_possible"] is True
+
+
+def _inactive(dom):
+    return ElementTree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+
+def _backdate(guest_dir: Path, ids: list[str], *, days: int) -> None:
+    """Make backups look ``days`` older: their manifests' times (what retention reads)."""
+    for backup_id in ids:
+        path = guest_dir / backup_id / "manifest.json"
+        data = json.loads(path.read_text())
+        for key in ("started", "finished"):
+            when = datetime.datetime.fromisoformat(data[key]) - datetime.timedelta(days=days)
+            data[key] = when.isoformat()
+        path.write_text(json.dumps(data))
 
 
 @pytest.mark.lab
@@ -316,8 +430,8 @@ def test_an_aborted_job_leaves_the_guest_running_no_checkpoint_and_the_next_auto
 def test_shut_off_guest_raw_disks_and_restore_into_the_original(
     tiny_guest, tiny_image, playbook, backup_dir, name_prefix
 ):
-    """A shut-off guest is copied with qemu-img (full); a raw disk gets no incremental; the
-    original is restored only with force and only while shut off."""
+    """A shut-off guest is copied with qemu-img (full, compressed); a raw disk gets no
+    incremental; the original is restored only with force and only while shut off."""
     raw = backup_dir / "data.raw"
     shutil.copyfile(tiny_image.marker_template_raw, raw)
     raw.chmod(0o644)
@@ -339,7 +453,7 @@ def test_shut_off_guest_raw_disks_and_restore_into_the_original(
                 "name": "inc",
                 "ignore_errors": True,
             },
-            backup_task(guest.name, dest, mode="auto", label="first"),
+            backup_task(guest.name, dest, mode="auto", label="first", compress=True),
             {**backup_task(guest.name, dest, label="first"), "name": "again"},
             {"name": "write", "ansible.builtin.command": {"argv": write}},
             restore,
@@ -351,7 +465,7 @@ def test_shut_off_guest_raw_disks_and_restore_into_the_original(
     assert "raw disks get full backups only" in refused["msg"]
     full = ok(run, "backup")
     assert full["plan"]["mode"] == "full" and full["plan"]["method"] == "qemu-img"
-    assert full["backup"]["checkpoint"] is None
+    assert full["backup"]["checkpoint"] is None and full["backup"]["compressed"] is True
     assert ok(run, "again")["changed"] is False  # same label: nothing taken
     assert len(os.listdir(dest / guest.name)) == 1
     assert "set force=true" in failed(run, "restore")["msg"]
