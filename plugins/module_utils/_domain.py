@@ -174,11 +174,16 @@ class DomainManager:
         already_pending: list[str] = []
         if stays_up:
             # changes written earlier that the running guest has not got yet
-            already_pending = pending_restart(
-                _xml.parse(live_xml(dom), "live domain XML"), actual_root
-            )
+            live_root = _xml.parse(live_xml(dom), "live domain XML")
+            already_pending = pending_restart(live_root, actual_root)
+            # predicted as the apply below does it: devices from the same hotplug plan
             restart_required = sorted(
-                set(already_pending) | {n for n in changed_now if FIELDS_BY_NAME[n].needs_restart}
+                set(already_pending)
+                | {
+                    n
+                    for n in changed_now
+                    if FIELDS_BY_NAME[n].restart_predicted(live_root, new_root, wish.fields[n])
+                }
             )
 
         if self.check_mode:

@@ -8,11 +8,11 @@
 The persistent definition is written first, in one ``defineXML``; this module then brings
 the live guest along where libvirt can: memory balloon, vCPUs up to the maximum, pinning,
 scheduler and memory/block tuning, metadata, disks and NICs attached or detached, CD-ROM
-media, disk I/O limits. Every call uses ``VIR_DOMAIN_AFFECT_LIVE`` only (the configuration is
-already written). Whatever cannot be applied live, or fails live, is returned as needing a
-restart, with the reason. How each field is applied is its ``live`` in
-``_domain_model.FIELDS``; ``LiveUpdater`` runs them and gives them the guest's CPU map and
-device calls.
+media, disk I/O limits, the typed devices libvirt hot-plugs (``_domain_hotplug``). Every
+call uses ``VIR_DOMAIN_AFFECT_LIVE`` only (the configuration is already written). Whatever
+cannot be applied live, or fails live, is returned as needing a restart, with the reason.
+How each field is applied is its ``live`` in ``_domain_model.FIELDS``; ``LiveUpdater`` runs
+them and gives them the guest's CPU map and device calls.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from . import _xml
 from ._cpuset import parse_cpuset
 from ._domain_model import FIELDS, FIELDS_BY_NAME
 from ._libvirt import libvirt
+
+LIVE_FIRST = ("controllers",)
 
 
 @dataclass
@@ -55,7 +57,8 @@ class LiveUpdater:
         new_root,
     ) -> LiveResult:
         result = LiveResult()
-        for name in changed:
+        # a new controller first: a disk attached in the same run may sit on it
+        for name in sorted(changed, key=lambda n: n not in LIVE_FIRST):
             fld = FIELDS_BY_NAME[name]
             if fld.live is None:
                 result.pending.append(name)

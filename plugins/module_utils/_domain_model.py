@@ -26,6 +26,7 @@ from typing import Any, Callable
 from . import _domain_device_fields as dev
 from . import _domain_extra_devices as extra
 from . import _domain_general as gen
+from . import _domain_hotplug as hot
 from . import _domain_tuning as tune
 from . import _xml
 from ._domain_devices import read_disks, read_interfaces
@@ -66,6 +67,9 @@ class Field:
     definition's value: True compares ``read`` of the live and inactive definitions (for
     settings whose live XML shows the running value), a function
     ``pending(live_root, inactive_root)`` compares its own way; False: not visible.
+    ``hotplug(live_root, new_root, want)``, for devices attached and detached live, plans the
+    device calls and what waits for the next boot (``_domain_hotplug``); its ``live`` runs
+    that plan, and check mode predicts the restart from the same plan.
     """
 
     name: str
@@ -76,11 +80,18 @@ class Field:
     show_wish: Callable[[Any], Any] | None = None
     live: Callable[..., bool] | None = None
     pending: bool | Callable[[Any, Any], bool] = False
+    hotplug: Callable[[Any, Any, Any], Any] | None = None
 
     @property
     def needs_restart(self) -> bool:
         """Whether a running guest gets a change only by a restart."""
         return self.live is None
+
+    def restart_predicted(self, live_root, new_root, want) -> bool:
+        """Whether a change waits for a restart, as far as known before applying it."""
+        if self.needs_restart:
+            return True
+        return self.hotplug is not None and bool(self.hotplug(live_root, new_root, want).waits)
 
     def waits_for_restart(self, live_root, inactive_root) -> bool:
         if callable(self.pending):
@@ -146,20 +157,38 @@ FIELDS: list[Field] = [
         extra.read_controllers,
         extra.write_controllers,
         extra.project_controllers,
-        pending=True,
+        live=hot.hotplug_live("controllers", hot.plan_controllers),
+        pending=hot.controllers_pending,
+        hotplug=hot.plan_controllers,
     ),
     Field("tpm", extra.read_tpm, extra.write_tpm, pending=True),
     Field("video", extra.read_video, extra.write_video, project_keys, pending=True),
     Field("sound", extra.read_sound, extra.write_sound, pending=True),
-    Field("inputs", extra.read_inputs, extra.write_inputs, pending=True),
+    Field(
+        "inputs",
+        extra.read_inputs,
+        extra.write_inputs,
+        live=hot.hotplug_live("inputs", hot.plan_inputs),
+        pending=True,
+        hotplug=hot.plan_inputs,
+    ),
     Field("sysinfo", extra.read_sysinfo, extra.write_sysinfo, pending=True),
-    Field("filesystems", extra.read_filesystems, extra.write_filesystems, pending=True),
+    Field(
+        "filesystems",
+        extra.read_filesystems,
+        extra.write_filesystems,
+        live=hot.hotplug_live("filesystems", hot.plan_filesystems),
+        pending=True,
+        hotplug=hot.plan_filesystems,
+    ),
     Field(
         "hostdevs",
         extra.read_hostdevs,
         extra.write_hostdevs,
         extra.project_hostdevs,
+        live=hot.hotplug_live("hostdevs", hot.plan_hostdevs),
         pending=True,
+        hotplug=hot.plan_hostdevs,
     ),
     Field(
         "tuning.vcpu_pins",

@@ -22,8 +22,12 @@ description:
   - On a running guest, changes libvirt can apply live are applied live and persisted
     (memory balloon, vCPUs up to the maximum, pinning, scheduler, memory and block tuning,
     title, description, tags, disk and NIC attach and detach, CD-ROM media, disk I/O
-    limits). The others are written to the definition and reported in RV(restart_required);
-    O(restart_if_required=true) restarts the guest gracefully to apply them.
+    limits, and the hot-pluggable typed devices - host devices, virtio inputs, new SCSI
+    controllers and virtiofs folders attached and detached). The others (video, sound, TPM,
+    SMBIOS, USB inputs, a changed device) are written to the definition and reported in
+    RV(restart_required), and so is a live attach or detach libvirt refuses (with a warning;
+    the definition keeps the change). O(restart_if_required=true) restarts the guest
+    gracefully to apply them.
   - Transitions wait until libvirt reports the new state, up to O(timeout) seconds.
   - All input is checked before anything changes (units, ranges, conflicting options, that
     networks, pools, volumes, bridges and files exist, memory against the host); a new guest
@@ -350,7 +354,10 @@ options:
         kept.
       - A disk with O(disks[].bus=scsi) sits on SCSI controller 0; make it a V(virtio-scsi)
         controller here, with its queues and I/O thread.
-      - Changes apply at the next boot (in RV(restart_required) on a running guest).
+      - On a running guest a new V(scsi) controller is attached live (on a q35 guest that needs
+        a free PCIe root port; without one the attach fails and waits for the next boot);
+        other new controllers and changes of an existing one apply at the next boot (in
+        RV(restart_required)).
     type: list
     elements: dict
     suboptions:
@@ -420,7 +427,9 @@ options:
   inputs:
     description:
       - The complete list of input devices, except the PS/2 mouse and keyboard libvirt gives
-        every x86 guest, which are neither listed nor compared. Applies at the next boot.
+        every x86 guest, which are neither listed nor compared.
+      - On a running guest V(virtio) inputs are attached and detached live; V(usb) ones apply
+        at the next boot (in RV(restart_required)).
     type: list
     elements: dict
     suboptions:
@@ -465,7 +474,11 @@ options:
   filesystems:
     description:
       - The complete list of virtiofs shared folders (V([]) removes them). The guest mounts
-        one with C(mount -t virtiofs TAG /mnt). Applies at the next boot.
+        one with C(mount -t virtiofs TAG /mnt).
+      - On a running guest folders are attached and detached live when its memory is already
+        shared (it was started with a shared folder, or with that memory backing); otherwise
+        they apply at the next boot (in RV(restart_required)). Unmount a folder in the guest
+        before removing it.
       - virtiofsd maps the guest's memory, so a guest with a shared folder gets shared memory
         backing (C(<memoryBacking><source type="memfd"/><access mode="shared"/>)) set
         automatically; it stays when the folders are removed. libvirt finds virtiofsd through
@@ -493,7 +506,11 @@ options:
         are looked for by libvirt when the guest starts.
       - With O(hostdevs[].managed) libvirt detaches a PCI device from its host driver (binds
         it to vfio-pci) when the guest starts and gives it back when it stops; nothing happens
-        to the device while the guest is only defined. Applies at the next boot.
+        to the device while the guest is only defined.
+      - On a running guest host devices are attached and detached live (libvirt's hotplug,
+        the device calls used for disks and NICs; a managed PCI device leaves its host driver
+        then); a changed one (managed, ROM, boot order) applies at the next boot (in
+        RV(restart_required)). On a q35 guest a PCI device needs a free PCIe root port.
     type: list
     elements: dict
     suboptions:

@@ -324,6 +324,11 @@ LIVE = {
     "vcpus",
     "disks",
     "interfaces",
+    # the typed devices libvirt hot-plugs (only some changes of them: _domain_hotplug)
+    "controllers",
+    "inputs",
+    "filesystems",
+    "hostdevs",
     "tuning.vcpu_pins",
     "tuning.emulator_pin",
     "tuning.iothread_pins",
