@@ -128,6 +128,9 @@ def test_qemu_ga_connection(shared_debian_guest, tiny_guest, tmp_path, record_pr
         inventory, "command", "id -un", pipelining=True, extra=["-b", "--become-user", "virtops"]
     )[0]
     assert res["rc"] == 0 and res["stdout"] == "virtops", res
+    # without pipelining the module file goes to a temporary file the become user can read
+    res = adhoc(inventory, "command", "id -un", extra=["-b", "--become-user", "virtops"])[0]
+    assert res["rc"] == 0 and res["stdout"] == "virtops", res
     res = adhoc(inventory, "command", "id -un", extra=["-b", "-e", "ansible_become_password=x"])[0]
     assert res.get("failed") and "become with a password prompt" in res["msg"], res
 
