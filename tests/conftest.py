@@ -244,7 +244,8 @@ def shared_debian_guest(libvirt_conn, debian_image, ssh_keypair, default_network
     """One debian guest of ``debian_guest``'s defaults (``default`` network, 1 GiB, 2 vCPUs)
     booted once per session for the tests that need just a running one and leave it running
     and reachable (tests/lab/test_debian.py over SSH, tests/lab/test_qemu_ga.py through the
-    guest agent): a boot under TCG costs minutes of CPU. Removed at the end of the session.
+    guest agent, tests/lab/test_quiesce.py a backup frozen through the agent): a boot under
+    TCG costs minutes of CPU. Removed at the end of the session.
     ``started_at`` is its start, so only the first test to use it measures its boot.
     """
     made: list[tuple[lab_guests.DebianGuest, object]] = []
