@@ -16,8 +16,9 @@
 # 3. the main suite (integration and lab tests against the real libvirtd, booted guests, the
 #    guest role's Molecule scenario), and beside it the multi-host stream: every test marked
 #    `multihost` (the namespaced libvirt hosts: migration, TLS, the fleet inventory, the
-#    Pacemaker cluster), started once the `bridge` scenario has ended so that no more than
-#    three streams share the two cores. The multi-host lab is one per machine (a lock), so
+#    Pacemaker cluster) and every test marked `side_stream` (tests of the local libvirtd that
+#    share nothing with the main suite, moved there to balance the two), started once the
+#    `bridge` scenario has ended so that no more than three streams share the two cores. The multi-host lab is one per machine (a lock), so
 #    its tests are one pytest session of their own. The image module's real build from the
 #    archive (3-4 minutes alone, about 15 loaded) runs with `make test-image-build`; here the
 #    lab's own images go through the same builder when the cache misses.
@@ -94,12 +95,14 @@ side_log[multihost]="$PWD/build/test-multihost.log"
 setsid bash -c 'ended() { local s; s=$(sed "s/^.*) //" "/proc/$1/stat" 2>/dev/null); [ "${s%% *}" = Z ] || [ -z "$s" ]; }
     until ended "$1"; do sleep 5; done; shift; exec "$@"' \
     _ "${side_pid[bridge]}" "${PYTEST[@]}" --basetemp="$PWD/build/pytest-multihost" \
-    --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "multihost and not image_build" tests \
+    --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "(multihost or side_stream) and not image_build" \
+    tests \
     >"${side_log[multihost]}" 2>&1 &
 side_pid[multihost]=$!
 say "multi-host stream waiting for 'bridge', then running beside (pid ${side_pid[multihost]}," \
     "log ${side_log[multihost]})"
-"${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "not image_build and not multihost" tests
+"${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit \
+    -m "not image_build and not multihost and not side_stream" tests
 main_rc=$?
 
 side_rc=0

@@ -32,7 +32,8 @@ from tests.module_runner import run_module
 URI = "qemu:///system"
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
-pytestmark = pytest.mark.timeout(600)
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = [pytest.mark.timeout(600), pytest.mark.side_stream]
 
 
 @pytest.fixture
