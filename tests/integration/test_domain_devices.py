@@ -4,10 +4,15 @@ inputs, SMBIOS, virtiofs, host devices) against the real libvirtd: defined, not 
 
 from __future__ import annotations
 
+import subprocess
+
 import libvirt
 import pytest
+import yaml
 from lxml import etree
 
+from ansible_collections.virtops.kvm.plugins.modules import domain as domain_module
+from ansible_collections.virtops.kvm.plugins.modules import domain_info
 from tests.helpers import domain_task, failed, four_results, inactive_xml, validate_xml
 
 
@@ -184,3 +189,58 @@ def test_host_devices_converge(playbook, conn, name_prefix, cleanup):
     root = etree.fromstring(inactive_xml(conn, name).encode())
     [pci] = root.findall("devices/hostdev")
     assert pci.get("type") == "pci" and pci.find("boot") is None
+
+
+def _examples(module, *titles: str) -> list[dict]:
+    """The tasks of ``module``'s EXAMPLES with these titles, in this order."""
+    tasks = {task["name"]: task for task in yaml.safe_load(module.EXAMPLES)}
+    return [tasks[title] for title in titles]
+
+
+@pytest.mark.integration
+def test_the_device_examples_run(playbook, conn, name_prefix, files):
+    """domain's EXAMPLES of typed devices and host devices, which edit an existing web1: here a
+    guest of this test defined first with only its memory, the examples' disks and share in
+    ``files`` and a PCI address this host has; neither example starts the guest (no state
+    given: it stays defined, shut off). Then all of domain_info's EXAMPLES with this
+    guest as web1: its guest agent, off, does not answer and says why."""
+    name = f"{name_prefix}-ex"
+    (files / "share").mkdir()
+    for disk in ("web1.qcow2", "web1-data.qcow2"):
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(files / disk), "16M"], check=True
+        )
+    tasks = _examples(
+        domain_module,
+        "A virtio-scsi disk with 2 queues, a TPM 2.0 and a shared folder",
+        "A PCI device (an SR-IOV virtual function) and a USB stick, booting from the VF",
+    )
+    devices, hostdevs = (task["virtops.kvm.domain"] for task in tasks)
+    assert devices["name"] == hostdevs["name"] == "web1"
+    devices["name"] = hostdevs["name"] = name
+    for disk in devices["disks"]:
+        disk["path"] = disk["path"].replace("/var/lib/libvirt/images/", f"{files}/")
+    [share] = devices["filesystems"]
+    share["source"] = str(files / "share")
+    assert hostdevs["hostdevs"][0]["address"] == "0000:3b:02.1"
+    hostdevs["hostdevs"][0]["address"] = host_pci(conn)
+    info = yaml.safe_load(domain_info.EXAMPLES.replace("name: web1", f"name: {name}"))
+    run = playbook([domain_task("web1", {"name": name, "memory": 256}), *tasks, *info])
+    assert run.rc == 0, run.stdout[-4000:]
+    assert all(run.task(task["name"])["changed"] for task in tasks)
+    root = etree.fromstring(inactive_xml(conn, name).encode())
+    assert conn.lookupByName(name).isActive() == 0
+    assert root.find("devices/controller[@type='scsi']/driver").get("queues") == "2"
+    assert root.find("devices/tpm/backend").get("version") == "2.0"
+    assert root.find("devices/filesystem/target").get("dir") == "share"
+    assert root.find("sysinfo/system/entry[@name='serial']").text == "WEB-0001"
+    assert root.find("os/boot") is None
+    assert root.find("devices/hostdev[@type='pci']/boot").get("order") == "1"
+    assert root.find("devices/hostdev[@type='usb']/source/vendor").get("id") == "0x0781"
+    # the debug example shows why the agent of a guest that is off does not answer
+    [guest] = run.task("What the guest agent of web1 reports")["guests"]
+    assert guest["name"] == name and guest["guest_agent"]["answering"] is False
+    assert (
+        run.task("Its OS, or why the agent does not answer")["msg"]
+        == guest["guest_agent"]["reason"]
+    )

@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ansible_collections.virtops.kvm.plugins.modules import volume as volume_module
 from tests.helpers import four_times, http_gets
 
 pytestmark = pytest.mark.integration
@@ -172,3 +174,30 @@ def test_failed_compressed_imports_leave_nothing(playbook, dir_pool, http_server
     dir_pool.refresh(0)
     assert dir_pool.listVolumes() == []
     assert not list(tmp_path.glob("**/virtops-volume-*"))
+
+
+def test_the_modules_compressed_import_example_runs(playbook, dir_pool, http_server, tmp_path):
+    """volume's EXAMPLE of FreeBSD's xz-compressed image and its published checksum list, with
+    this test's pool and the local server in place of download.freebsd.org (its files named
+    as there, the list in FreeBSD's BSD style)."""
+    root, url, log = http_server
+    images = _images(tmp_path)
+    image = "FreeBSD-14.1-RELEASE-amd64.qcow2.xz"
+    (root / image).write_bytes(lzma.compress(images["qcow2"]))
+    (root / "CHECKSUM.SHA512").write_text(
+        f"SHA512 (FreeBSD-14.1-RELEASE-amd64.raw.xz) = {'2' * 128}\n"
+        f"SHA512 ({image}) = {_sha512((root / image).read_bytes())}\n"
+    )
+    title = "Import FreeBSD's xz-compressed image, its checksum picked from the published list"
+    [task] = [t for t in yaml.safe_load(volume_module.EXAMPLES) if t["name"] == title]
+    assert task["virtops.kvm.volume"]["pool"] == "images"
+    assert task["vars"]["freebsd_images"].startswith("https://download.freebsd.org/")
+    task["virtops.kvm.volume"]["pool"] = dir_pool.name()
+    task["vars"]["freebsd_images"] = url
+    run = playbook([task])
+    assert run.rc == 0, run.stdout[-4000:]
+    assert run.last["changed"] is True and run.last["compression"] == "xz"
+    assert run.last["volume"]["format"] == "qcow2"
+    assert http_gets(log, image) == 1 and http_gets(log, "CHECKSUM.SHA512") == 1
+    volume = "freebsd-14.1-base.qcow2"
+    assert _volume_sha256(dir_pool, volume) == hashlib.sha256(images["qcow2"]).hexdigest()

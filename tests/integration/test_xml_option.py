@@ -9,7 +9,10 @@ from pathlib import Path
 
 import libvirt
 import pytest
+import yaml
 
+from ansible_collections.virtops.kvm.plugins.modules import network as network_module
+from ansible_collections.virtops.kvm.plugins.modules import pool as pool_module
 from devtools.libvirt_cleanup import remove_network, remove_pool
 from tests.helpers import failed, four_results, free_subnet, network_task
 
@@ -141,3 +144,51 @@ def test_network_fragment_dns_forwarder_and_txt(playbook, conn, network_name):
     )
     assert "mtu: 1400, the definition would have 9000" in failed(run, "mtu")["msg"]
     assert "names network 'other'" in failed(run, "name")["msg"]
+
+
+def _example(module, title: str) -> dict:
+    """The task of ``module``'s EXAMPLES with this title."""
+    [task] = [task for task in yaml.safe_load(module.EXAMPLES) if task["name"] == title]
+    return task
+
+
+def test_the_pool_xml_example_runs(playbook, conn, pool_dir):
+    """pool's EXAMPLE of a group's directory set through the xml option, with this test's pool
+    name and directory: libvirt builds the directory with the fragment's mode and group."""
+    name, target = pool_dir
+    task = _example(
+        pool_module,
+        "A directory pool whose directory belongs to a group, set through the xml option",
+    )
+    args = task["virtops.kvm.pool"]
+    assert (args["name"], args["target"]) == ("shared", "/srv/shared-images")
+    args.update(name=name, target=target)
+    run = playbook([task])
+    assert run.rc == 0, run.stdout[-4000:]
+    assert run.last["changed"] is True and conn.storagePoolLookupByName(name).isActive()
+    info = os.stat(target)
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o770, 0, 64055)
+
+
+def test_the_network_xml_example_runs(playbook, conn, network_name):
+    """network's EXAMPLE of DNS forwarders and a TXT record through the xml option, on a
+    running isolated network of this test in the example's place of lab: restarted, its
+    dnsmasq forwards example.com and serves the TXT record."""
+    x = free_subnet(conn)
+    task = _example(
+        network_module, "DNS forwarders and a TXT record, which the options do not model"
+    )
+    assert task["virtops.kvm.network"]["name"] == "lab"
+    task["virtops.kvm.network"]["name"] = network_name
+    lab = {
+        "name": network_name,
+        "state": "active",
+        "mode": "isolated",
+        "addresses": [{"address": f"198.18.{x}.1/24"}],
+    }
+    run = playbook([network_task(lab), task])
+    assert run.rc == 0, run.stdout[-4000:]
+    assert run.last["changed"] is True and run.last["restarted"] is True
+    conf = _dnsmasq_conf(network_name)
+    assert "server=/example.com/198.18.5.53" in conf
+    assert "txt-record=lab,managed by ansible" in conf
