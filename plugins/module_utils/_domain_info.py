@@ -18,6 +18,7 @@ running guest with an agent channel adds what the agent reports, or why it does 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from . import _xml
@@ -26,7 +27,7 @@ from ._domain_consoles import consoles
 from ._domain_devices import AGENT_CHANNEL, Disk, Interface
 from ._domain_model import summarize
 from ._errors import from_libvirt, is_error
-from ._libvirt import libvirt, run_state
+from ._libvirt import is_this_machine, libvirt, run_state
 from ._secrets import strip_secrets
 
 STATS = (
@@ -61,6 +62,20 @@ class DomainInfo:
         self.guest_info = guest_info
         self.stats_flags = _flag(*STATS, *(IO_STATS if io_stats else ()))
         self.ip_sources = tuple(ip_sources)
+        self._started: dict[str, float] | None = None
+
+    def _uptime(self, uuid: str, state: str) -> float | None:
+        """Seconds since the QEMU process of a running guest started, read from /proc when the
+        hypervisor is this machine (libvirt does not say when a guest started); else None."""
+        if state not in ("running", "paused", "pmsuspended", "shutdown"):
+            return None
+        if self._started is None:
+            try:
+                local = is_this_machine(self.conn.getURI())
+            except libvirt.libvirtError:
+                local = False
+            self._started = qemu_uptimes() if local else {}
+        return self._started.get(uuid)
 
     def _call(self, func, action: str, *args):
         try:
@@ -190,6 +205,7 @@ class DomainInfo:
                 "vcpus_current": record.get("vcpu.current"),
                 "vcpus_maximum": record.get("vcpu.maximum"),
                 "cpu_time_ns": record.get("cpu.time"),
+                "uptime_seconds": self._uptime(uuid, state),
             },
             "consoles": consoles(root),
         }
@@ -240,3 +256,32 @@ def _agent_connected(root) -> bool:
 
 def _mib(kib: int | None) -> int | None:
     return None if kib is None else kib // 1024
+
+
+def qemu_uptimes(proc: str = "/proc") -> dict[str, float]:
+    """UUID -> seconds since its QEMU process started, for the QEMU processes of this machine
+    (found by the C(-uuid) argument libvirt gives them; their start from /proc/PID/stat)."""
+    try:
+        with open(os.path.join(proc, "uptime"), encoding="ascii") as handle:
+            now = float(handle.read().split()[0])
+        ticks = os.sysconf("SC_CLK_TCK")
+        pids = [e for e in os.listdir(proc) if e.isdigit()]
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, float] = {}
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, pid, "cmdline"), "rb") as handle:
+                args = handle.read().split(b"\0")
+            if b"-uuid" not in args or not any(b"qemu" in a for a in args[:1]):
+                continue
+            uuid = args[args.index(b"-uuid") + 1].decode("ascii", "replace").lower()
+            with open(
+                os.path.join(proc, pid, "stat"), encoding="ascii", errors="replace"
+            ) as handle:
+                # fields after the command name in parentheses; starttime is field 22
+                fields = handle.read().rpartition(")")[2].split()
+            found[uuid] = round(max(now - int(fields[19]) / ticks, 0.0), 1)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

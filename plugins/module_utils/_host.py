@@ -6,13 +6,14 @@
 """What a libvirt host offers: the read-only view of ``virtops.kvm.host_info``.
 
 ``host_summary(conn)`` gathers it from small section functions (versions, CPU, memory,
-hugepages, machine types, firmware, cache allocation, pools, networks, guests). Whether KVM
-works and which domain type to use are in ``_host_kvm``, which ``virtops.kvm.domain`` imports
-without this file.
+hugepages, machine types, firmware, cache allocation, pools, networks, guests, CPU load).
+Whether KVM works and which domain type to use are in ``_host_kvm``, which
+``virtops.kvm.domain`` imports without this file.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from . import _xml
@@ -43,7 +44,10 @@ SECTIONS = (
     "storage_pools",
     "networks",
     "guests",
+    "load",
 )
+# how long the host's CPU times are sampled for the load section
+LOAD_SAMPLE_SECONDS = 0.5
 
 # --- host summary sections ------------------------------------------------------------------
 
@@ -154,6 +158,42 @@ def memory_info(conn) -> dict[str, Any]:
         "free_bytes": call(conn.getFreeMemory, "read the free memory"),
         "buffers_bytes": None,
         "cached_bytes": None,
+    }
+
+
+def cpu_load(
+    conn, local_host: LocalHost | None = None, sample: float = LOAD_SAMPLE_SECONDS
+) -> dict[str, Any]:
+    """How busy the host's CPUs are: libvirt's CPU times of all CPUs read twice, ``sample``
+    seconds apart, as percentages of the time between; the load averages on a local host."""
+
+    def times() -> dict[str, int]:
+        return call(
+            conn.getCPUStats,
+            "read the host CPU times",
+            libvirt.VIR_NODE_CPU_STATS_ALL_CPUS,
+            0,
+            optional=True,
+        )
+
+    first = times()
+    time.sleep(sample)
+    second = times()
+    delta = {key: max(second[key] - first.get(key, 0), 0) for key in second}
+    total = sum(delta.values())
+
+    def percent(key: str) -> float | None:
+        return round(100.0 * delta[key] / total, 1) if total and key in delta else None
+
+    idle = percent("idle")
+    return {
+        "sample_seconds": sample,
+        "busy_percent": None if idle is None else round(100.0 - idle, 1),
+        "user_percent": percent("user"),
+        "kernel_percent": percent("kernel"),
+        "iowait_percent": percent("iowait"),
+        "idle_percent": idle,
+        "loadavg": local_host.loadavg() if local_host is not None else None,
     }
 
 
@@ -512,6 +552,7 @@ def host_summary(
         "storage_pools": lambda: storage_pools(conn),
         "networks": lambda: networks(conn),
         "guests": lambda: guest_counts(conn),
+        "load": lambda: cpu_load(conn, local_host),
     }
     unavailable: dict[str, str] = {}
     for section in wanted:

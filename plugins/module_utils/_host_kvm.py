@@ -46,9 +46,17 @@ class LocalHost:
     hugepages_path: str = "/sys/kernel/mm/hugepages"
     node_path: str = "/sys/devices/system/node"
     resctrl_path: str = "/sys/fs/resctrl"
+    loadavg_path: str = "/proc/loadavg"
 
     def cpuinfo(self) -> str | None:
         return _read(self.cpuinfo_path)
+
+    def loadavg(self) -> list[float] | None:
+        """The 1, 5 and 15 minute load averages, or None if unreadable."""
+        try:
+            return [float(v) for v in (_read(self.loadavg_path) or "").split()[:3]] or None
+        except ValueError:
+            return None
 
     def dev_kvm(self) -> str:
         """``char`` (a character device), ``missing`` or ``not a character device``."""

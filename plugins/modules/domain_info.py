@@ -158,6 +158,10 @@ guests:
     stats:
       description:
         - Balloon size, vCPUs and CPU time from the bulk statistics.
+        - C(uptime_seconds) - seconds since the guest's QEMU process started, read from
+          C(/proc) when the hypervisor is the machine the module runs on (a local URI such as
+          V(qemu:///system)); null for a guest that does not run or a remote hypervisor
+          (libvirt does not say when a guest started).
         - C(disks) - per disk C(name) (target), C(path), C(read_bytes), C(read_requests),
           C(read_time_ns), C(write_bytes), C(write_requests), C(write_time_ns),
           C(flush_requests), C(flush_time_ns), C(allocation), C(capacity), C(physical)

@@ -11,8 +11,8 @@ short_description: Read what a libvirt host offers, and whether KVM really works
 version_added: 1.0.0
 description:
   - Returns versions, CPU and NUMA topology, memory, hugepage pools, machine types,
-    firmware (UEFI, secure boot), cache allocation (resctrl), storage pools, networks and
-    the number of guests by state of a libvirt host.
+    firmware (UEFI, secure boot), cache allocation (resctrl), storage pools, networks, the
+    number of guests by state and how busy the CPUs are (RV(host.load)) of a libvirt host.
   - Judges whether KVM guests can really run (RV(host.kvm_usable)) and recommends the domain
     type to use (RV(host.recommended_virt_type)). libvirt offers domain type C(kvm) whenever
     C(/dev/kvm) exists, but without hardware virtualization (vmx/svm CPU flag) KVM guests
@@ -48,6 +48,7 @@ options:
       - storage_pools
       - networks
       - guests
+      - load
     default: [all]
 notes:
   - Guests are counted from one bulk call (libvirt's domain statistics, state group), not
@@ -345,6 +346,41 @@ host:
             V(shutdown), V(shutoff), V(crashed), V(pmsuspended).
           type: dict
           sample: {running: 2, shutoff: 1, paused: 0}
+    load:
+      description:
+        - How busy the host's CPUs are - libvirt's CPU times of all host CPUs
+          (C(virNodeGetCPUStats)) read twice, half a second apart, as percentages of that
+          half second. Percentages are null when the driver's times did not move (the
+          C(test) driver).
+      returned: when O(gather) includes V(load)
+      type: dict
+      contains:
+        sample_seconds:
+          description: Seconds between the two readings.
+          type: float
+          sample: 0.5
+        busy_percent:
+          description: Percent of the CPU time not idle (100 minus RV(host.load.idle_percent)).
+          type: float
+          sample: 12.5
+        user_percent:
+          description: Percent spent in user space (guests' vCPUs count here).
+          type: float
+        kernel_percent:
+          description: Percent spent in the kernel.
+          type: float
+        iowait_percent:
+          description: Percent idle waiting for I/O.
+          type: float
+        idle_percent:
+          description: Percent idle.
+          type: float
+        loadavg:
+          description: The 1, 5 and 15 minute load averages from C(/proc/loadavg) when the
+            hypervisor is the machine the module runs on (RV(host.local)); null otherwise.
+          type: list
+          elements: float
+          sample: [0.52, 0.41, 0.3]
 """
 
 from ansible_collections.virtops.kvm.plugins.module_utils._client import KvmModule  # noqa: E402

@@ -170,3 +170,25 @@ def test_an_answering_agent_is_parsed():
     report = agent_report(_Dom({"hostname": "web1"}), running=True, has_channel=True)
     assert report["answering"] is True and report["hostname"] == "web1"
     assert report["os"] is None and report["filesystems"] == [] and report["timezone"] is None
+
+
+def test_qemu_uptimes_from_proc(tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import (  # noqa: PLC0415
+        qemu_uptimes,
+    )
+
+    monkeypatch.setattr("os.sysconf", lambda name: 100)
+    (tmp_path / "uptime").write_text("1000.50 1800.00\n")
+
+    def process(pid: int, args: list[str], start_ticks: int) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+        fields = ["S"] + ["0"] * 18 + [str(start_ticks)] + ["0"] * 10
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (qemu-system-x86) " + " ".join(fields))
+
+    process(10, ["/usr/bin/qemu-system-x86_64", "-name", "guest=a", "-uuid", "AA-1"], 40050)
+    process(11, ["/bin/sh", "-c", "echo -uuid BB-2"], 100)  # not QEMU
+    process(12, ["/usr/bin/qemu-system-x86_64", "-name", "guest=c"], 100)  # no -uuid
+    (tmp_path / "13").mkdir()  # a process that ended while we looked
+    assert qemu_uptimes(str(tmp_path)) == {"aa-1": 600.0}
+    assert qemu_uptimes(str(tmp_path / "missing")) == {}

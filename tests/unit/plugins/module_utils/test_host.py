@@ -422,3 +422,55 @@ def test_host_summary_gather_and_unknown_section():
             _host.host_summary(conn, gather=["bogus"])
     finally:
         conn.close()
+
+
+class _Times:
+    """A connection whose CPU times advance by ``steps`` (ns) between two readings."""
+
+    def __init__(self, steps: dict[str, int]):
+        self.steps = steps
+        self.read = 0
+
+    def getCPUStats(self, cpu, flags):
+        assert cpu == libvirt.VIR_NODE_CPU_STATS_ALL_CPUS
+        self.read += 1
+        return {key: 10**12 + step * self.read for key, step in self.steps.items()}
+
+
+def test_cpu_load_is_the_share_of_time_between_two_readings(tmp_path):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.52 0.41 0.30 2/345 6789\n")
+    conn = _Times({"user": 300, "kernel": 100, "iowait": 100, "idle": 500})
+    load = _host.cpu_load(conn, _host_kvm.LocalHost(loadavg_path=str(loadavg)), sample=0)
+    assert conn.read == 2
+    assert load == {
+        "sample_seconds": 0,
+        "busy_percent": 50.0,
+        "user_percent": 30.0,
+        "kernel_percent": 10.0,
+        "iowait_percent": 10.0,
+        "idle_percent": 50.0,
+        "loadavg": [0.52, 0.41, 0.3],
+    }
+    # a remote host: no load averages; times that did not move: no percentages
+    still = _host.cpu_load(_Times({"user": 0, "idle": 0}), None, sample=0)
+    assert still["loadavg"] is None
+    assert still["busy_percent"] is None and still["idle_percent"] is None
+
+
+def test_load_section_on_the_test_driver():
+    conn = libvirt.open("test:///default")
+    try:
+        summary = _host.host_summary(conn, gather=["load"])
+        assert set(summary["load"]) == {
+            "sample_seconds",
+            "busy_percent",
+            "user_percent",
+            "kernel_percent",
+            "iowait_percent",
+            "idle_percent",
+            "loadavg",
+        }
+        assert summary["load"]["loadavg"] is None  # the test driver is no local host
+    finally:
+        conn.close()
