@@ -15,6 +15,9 @@ from ansible_collections.virtops.kvm.plugins.modules import domain as domain_mod
 from ansible_collections.virtops.kvm.plugins.modules import domain_info
 from tests.helpers import domain_task, failed, four_results, inactive_xml, validate_xml
 
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = pytest.mark.side_stream
+
 
 def devices_spec(name: str, files, share) -> dict:
     return {

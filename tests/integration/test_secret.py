@@ -21,7 +21,8 @@ from ansible_collections.virtops.kvm.plugins.modules import secret_info
 from devtools.libvirt_cleanup import remove_pool
 from tests.helpers import failed, four_times
 
-pytestmark = pytest.mark.integration
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = [pytest.mark.integration, pytest.mark.side_stream]
 
 
 @pytest.fixture

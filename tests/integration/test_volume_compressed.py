@@ -17,7 +17,8 @@ import yaml
 from ansible_collections.virtops.kvm.plugins.modules import volume as volume_module
 from tests.helpers import four_times, http_gets
 
-pytestmark = pytest.mark.integration
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = [pytest.mark.integration, pytest.mark.side_stream]
 
 MiB = 1024 * 1024
 

@@ -16,7 +16,8 @@ from ansible_collections.virtops.kvm.plugins.modules import pool as pool_module
 from devtools.libvirt_cleanup import remove_network, remove_pool
 from tests.helpers import failed, four_results, free_subnet, network_task
 
-pytestmark = pytest.mark.integration
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = [pytest.mark.integration, pytest.mark.side_stream]
 
 
 def pool_task(args: dict, name: str = "pool", **extra) -> dict:
