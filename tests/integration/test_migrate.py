@@ -679,7 +679,7 @@ def test_evacuate_then_rebalance_playbooks(site, tiny_guest, name_prefix, tmp_pa
         "evacuate_parallel": 2,
         "evacuate_unsafe": True,
     }
-    evacuate = f"Move every running guest off {src.uri}"
+    evacuate = f"Move every other running guest off {src.uri}"
 
     planned = _play(tmp_path, "evacuate.yml", extra, check=True).task(evacuate)
     assert planned["changed"] is True
