@@ -554,6 +554,27 @@ class DebianGuest:
         except FileNotFoundError:
             return ""
 
+    def wait_agent(self, timeout: float = 600):
+        """Waits until its QEMU guest agent answers a ping; returns the agent (5 s per call)."""
+        from ansible_collections.virtops.kvm.plugins.module_utils._qemu_ga import (  # noqa: PLC0415
+            AgentError,
+            GuestAgent,
+        )
+
+        agent = GuestAgent(self.dom, timeout=5)
+
+        def answers() -> bool:
+            try:
+                agent.ping()
+            except AgentError:
+                return False
+            return True
+
+        wait_for(
+            answers, timeout, "the guest agent", interval=1, detail=lambda: self.console()[-1500:]
+        )
+        return agent
+
     def address(self, timeout: float = 600) -> str:
         """Its DHCP lease on its network (waits; the console tail is in the error)."""
         if not self.network:

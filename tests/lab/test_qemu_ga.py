@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.virtops.kvm.plugins.module_utils._qemu_ga import AgentError, GuestAgent
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
@@ -62,16 +61,7 @@ def _adhoc(
 
 def test_qemu_ga_connection(shared_debian_guest, tiny_guest, tmp_path, record_property):
     guest = shared_debian_guest
-    agent = GuestAgent(guest.dom, timeout=5)
-
-    def answers() -> bool:
-        try:
-            agent.ping()
-        except AgentError:
-            return False
-        return True
-
-    wait_for(answers, 600, "the guest agent", interval=1, detail=lambda: guest.console()[-1500:])
+    agent = guest.wait_agent()
     boot_s = time.monotonic() - guest.started_at  # its boot only if this test started it
     figures = {"start_to_agent_s": round(boot_s, 1)}
 

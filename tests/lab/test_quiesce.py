@@ -12,9 +12,7 @@ import time
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._qemu_ga import AgentError, GuestAgent
 from ansible_collections.virtops.kvm.plugins.modules import backup, backup_info
-from tests.helpers import wait_for
 from tests.lab.images import lab_dir
 from tests.module_runner import run_module
 
@@ -23,16 +21,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 def test_backup_quiesced_through_the_guest_agent_and_thawed(shared_debian_guest, record_property):
     guest = shared_debian_guest
-    agent = GuestAgent(guest.dom, timeout=5)
-
-    def answers() -> bool:
-        try:
-            agent.ping()
-        except AgentError:
-            return False
-        return True
-
-    wait_for(answers, 600, "the guest agent", interval=1, detail=lambda: guest.console()[-1500:])
+    agent = guest.wait_agent()
     dest = lab_dir() / "backups" / f"quiesce-{guest.name}"
     dest.mkdir(parents=True)
     dest.chmod(0o755)  # QEMU writes the images
