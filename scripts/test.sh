@@ -10,9 +10,9 @@
 #    role's two Molecule scenarios start beside them, each as its own stream: `bridge` boots a
 #    Debian VM under TCG and bridges its second NIC (about ten minutes, mostly one busy CPU);
 #    `default` installs and secures a whole KVM host in a VM (~350 packages and ~60 module
-#    calls over SSH to an emulated CPU, twice for idempotence: 25 minutes alone, about 40
-#    beside the rest). Their output is printed at the end. A failed gate stops them and ends
-#    the run;
+#    calls over SSH to an emulated CPU, twice for idempotence: 25 minutes alone, 50 to 55
+#    beside the rest, the longest stream). Their output is printed at the end. A failed gate
+#    stops them and ends the run;
 # 3. the main suite (integration and lab tests against the real libvirtd, booted guests, the
 #    guest role's Molecule scenario), and beside it the multi-host stream: every test marked
 #    `multihost` (the namespaced libvirt hosts: migration, TLS, the fleet inventory, the

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 420  # a tiny guest boots in seconds on an idle machine, minutes on a loaded one
 URI = "qemu:///system"
 # Reverting tests boot a guest again (up to BOOT_TIMEOUT under load) besides their module runs.
-pytestmark = pytest.mark.timeout(900)
+# make test runs these beside the main suite (side_stream): they share none of its guests
+pytestmark = [pytest.mark.timeout(900), pytest.mark.side_stream]
 
 
 # ---------------------------------------------------------------------------------------
