@@ -25,19 +25,10 @@ import libvirt
 import libvirt_qemu
 
 from ..common import Results, guests_removed, log, new_prefix, run_playbook
+from .snapshot import guest_xml  # the same one-disk guest
 
 GIB = 1024**3
 MIB = 1024**2
-
-
-def guest_xml(name: str, disk: Path) -> str:
-    return (
-        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
-        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices>"
-        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
-        "<controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
-    )
 
 
 def write_through_monitor(dom, offset_mib: int, mib: int, pattern: int) -> None:
