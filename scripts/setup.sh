@@ -37,6 +37,13 @@ DEB_PACKAGES=(
     virtnbdbackup
     # domain's emulated TPM (tpm option): libvirt offers the emulator backend only with swtpm
     swtpm swtpm-tools
+    # oversight (issue 18): non-root libvirt access over SSH (the lab runs sshd in a host's
+    # namespaces), Cockpit with cockpit-machines and libvirt-dbus on a system D-Bus, checked in
+    # Debian's headless chromium through chromium-driver (Selenium from PyPI)
+    openssh-server cockpit cockpit-machines libvirt-dbus dbus
+    chromium chromium-driver
+    # make test-install: Debian's netboot installer (kernel, initrd) and xorriso for its ISO
+    debian-installer-12-netboot-amd64 xorriso
 )
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -55,7 +62,16 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -q
+    # Packages do not start daemons here (sshd, dbus, cockpit): the lab and the roles start what
+    # they need, in the namespaces they need it. Debian's invoke-rc.d asks policy-rc.d.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 0755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    [ "$(trap -p EXIT)" = "" ] || { rm -f "$policy"; trap - EXIT; }
     if [ -s /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; then
         echo "note: the running libvirtd loads new drivers (the RBD backend) only when restarted"
     fi
