@@ -95,14 +95,14 @@ side_log[multihost]="$PWD/build/test-multihost.log"
 setsid bash -c 'ended() { local s; s=$(sed "s/^.*) //" "/proc/$1/stat" 2>/dev/null); [ "${s%% *}" = Z ] || [ -z "$s" ]; }
     until ended "$1"; do sleep 5; done; shift; exec "$@"' \
     _ "${side_pid[bridge]}" "${PYTEST[@]}" --basetemp="$PWD/build/pytest-multihost" \
-    --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "(multihost or side_stream) and not image_build" \
+    --ignore="$HOST_MOLECULE" --ignore=tests/unit -m "(multihost or side_stream) and not image_build and not install" \
     tests \
     >"${side_log[multihost]}" 2>&1 &
 side_pid[multihost]=$!
 say "multi-host stream waiting for 'bridge', then running beside (pid ${side_pid[multihost]}," \
     "log ${side_log[multihost]})"
 "${PYTEST[@]}" --ignore="$HOST_MOLECULE" --ignore=tests/unit \
-    -m "not image_build and not multihost and not side_stream" tests
+    -m "not image_build and not install and not multihost and not side_stream" tests
 main_rc=$?
 
 side_rc=0
