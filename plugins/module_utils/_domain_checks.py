@@ -23,7 +23,7 @@ from ._domain_devices import Disk, DiskWish, next_target, read_disks, read_inter
 from ._domain_model import FIELDS_BY_NAME
 from ._domain_spec import Wish
 from ._errors import KvmValidationError, from_libvirt, is_error
-from ._libvirt import is_this_machine, libvirt
+from ._libvirt import free_memory_bytes, is_this_machine, libvirt
 from ._units import MIB
 
 
@@ -452,7 +452,7 @@ class HostChecks:
         _fits(max_memory_mib, total, "", "allow it", "host_memory_mib")
         if starting:
             free = self._host_mib(
-                lambda: self.conn.getFreeMemory() // MIB, "the host's free memory"
+                lambda: free_memory_bytes(self.conn) // MIB, "the host's free memory"
             )
             _fits(max_memory_mib, free, " free", "start it anyway", "host_free_memory_mib")
 

@@ -106,6 +106,26 @@ def domain_state(dom) -> str:
     return run_state(code)
 
 
+def free_memory_bytes(conn) -> int:
+    """The host's free memory in bytes, over all its NUMA cells.
+
+    libvirt's node memory statistics for all cells (``/proc/meminfo``'s ``MemFree`` on Linux),
+    as ``host_info`` reports it; ``getFreeMemory`` (the sum of the cells' own ``meminfo``)
+    only where a driver lacks them. The two agree on most hosts, but on machines whose memory
+    is not all in the NUMA nodes the kernel lists, the cells' sum is a fraction of the host's.
+    A libvirt error other than "not supported" is raised as it is.
+    """
+    try:
+        stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+    except libvirt.libvirtError as exc:
+        if not is_error(exc, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        stats = {}
+    if "free" in stats:
+        return int(stats["free"]) * 1024
+    return int(conn.getFreeMemory())
+
+
 # --- lookups ---------------------------------------------------------------------------------
 
 

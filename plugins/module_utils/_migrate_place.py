@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import _xml
 from ._errors import KvmError, KvmTimeoutError, is_error
-from ._libvirt import libvirt, lookup_domain, lookup_or_none
+from ._libvirt import free_memory_bytes, libvirt, lookup_domain, lookup_or_none
 
 
 @dataclass
@@ -148,7 +148,7 @@ class HostMemory:
 def host_memory(conn) -> HostMemory:
     """Memory figures of a host: total and free as the host reports them, and committed."""
     total_mib = int(conn.getInfo()[1])
-    free_mib = int(conn.getFreeMemory() // (1024 * 1024))
+    free_mib = int(free_memory_bytes(conn) // (1024 * 1024))
     committed_kib = 0
     for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
         try:

@@ -250,6 +250,9 @@ class FakeHost:
     def getFreeMemory(self):
         return self.free_mib * 1024 * 1024
 
+    def getMemoryStats(self, cell, flags=0):
+        return {"total": self.total_mib * 1024, "free": self.free_mib * 1024}
+
     def listAllDomains(self, flags=0):
         doms = list(self.domains.values())
         if flags & libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE:

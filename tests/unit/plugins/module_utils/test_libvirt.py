@@ -8,6 +8,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmLibv
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     DOMAIN_STATES,
     domain_state,
+    free_memory_bytes,
     is_local_uri,
     is_this_machine,
     libvirt,
@@ -117,3 +118,37 @@ def test_lookup_or_none():
         lookup_or_none(
             lambda: conn.networkLookupByName("default"), libvirt.VIR_ERR_NO_NETWORK, None
         )
+
+
+class _Stats:
+    """A connection whose cells hold a quarter of the host's free memory."""
+
+    def __init__(self, stats=None, error=None):
+        self.stats, self.error = stats, error
+
+    def getMemoryStats(self, cell, flags=0):
+        assert cell == libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS
+        if self.error is not None:
+            exc = libvirt.libvirtError("fake")
+            exc.err = (self.error, libvirt.VIR_FROM_NONE, "fake", 2, None, None, None, 0, 0)
+            raise exc
+        return self.stats
+
+    def getFreeMemory(self):
+        return 1024**3
+
+
+def test_free_memory_is_the_whole_hosts():
+    # the all-cells statistics (KiB) win over the cells' sum
+    assert free_memory_bytes(_Stats({"total": 16 * 1024**2, "free": 4 * 1024**2})) == 4 * 1024**3
+    # a driver without node memory statistics: the cells' sum
+    assert free_memory_bytes(_Stats(error=libvirt.VIR_ERR_NO_SUPPORT)) == 1024**3
+    assert free_memory_bytes(_Stats({"total": 1})) == 1024**3
+    conn = libvirt.open("test:///default")  # the test driver has no node memory statistics
+    try:
+        assert free_memory_bytes(conn) == conn.getFreeMemory()
+    finally:
+        conn.close()
+    # any other error is the caller's
+    with pytest.raises(libvirt.libvirtError):
+        free_memory_bytes(_Stats(error=libvirt.VIR_ERR_INTERNAL_ERROR))
