@@ -325,6 +325,16 @@ def test_only_fleet_clients_open_libvirtd(tls_site):
     refused = virsh_hostname(h2, pkipath(tmp, "other-ca", ca, other_cert, other_key))
     assert refused.returncode != 0 and h2.name not in refused.stdout
 
+    # no client certificate at all (only the CA, to trust the server): libvirtd refuses it
+    bare = tmp / "clients" / "no-cert"
+    bare.mkdir(parents=True)
+    shutil.copy(ca, bare / "cacert.pem")
+    log_before = log.read_text()
+    refused = virsh_hostname(h2, bare)
+    assert refused.returncode != 0 and h2.name not in refused.stdout
+    logged = log.read_text()[len(log_before) :]
+    assert "Unable to verify TLS peer: No certificate was found" in logged, (refused.stderr, logged)
+
     rendered = (tls_site["rendered"] / f"{h2.name}-libvirtd.conf").read_text()
     assert (
         f'tls_allowed_dn_list = ["O={ORG},OU=hosts,CN=*", "O={ORG},OU=admins,CN={ADMIN}"]'
