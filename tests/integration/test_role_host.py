@@ -67,6 +67,7 @@ WATCHED = [
     "/etc/tmpfiles.d/virtops-kvm.conf",
     "/etc/pki",
     "/etc/NetworkManager",
+    "/etc/cockpit/ws-certs.d",
 ]
 
 
@@ -130,6 +131,8 @@ def test_redhat_path_in_check_mode(tmp_path, rhel_facts):
             "host_network_stack": "networkmanager",
             "host_bridges": [{"name": "br0", "interface": "eth0", "address": "inherit"}],
             "host_libvirt_restart_on_change": False,
+            "host_install_cockpit": True,
+            "host_cockpit_port": 9443,
         },
         "roles": ["virtops.kvm.host"],
     }
@@ -188,6 +191,18 @@ def test_redhat_path_in_check_mode(tmp_path, rhel_facts):
     assert any("type=bridge" in r["diff"][0]["after"] for r in nm)
     detached = task(run, "Start the script detached (it survives a dropped connection)")
     assert "not ansible_check_mode" in detached["false_condition"]
+    # Cockpit under systemd: the fleet certificate (no PKI yet in check mode), cockpit.socket
+    # on its port through a drop-in, nothing of the direct path.
+    cert = task(run, "Serve Cockpit with the host's server certificate (and the CA, the chain)")
+    assert cert["changed"] and cert["stdout"] == "changed: cert key"
+    dropin = task(run, "Listen on host_cockpit_port")
+    assert "ListenStream=9443" in dropin["diff"][0]["after"]
+    assert (
+        dropin["diff"][0]["after_header"] == "/etc/systemd/system/cockpit.socket.d/virtops-kvm.conf"
+    )
+    assert task(run, "Enable the Cockpit web console")["changed"]
+    assert "skip_reason" in task(run, "Start a system D-Bus when none answers")
+    assert "skip_reason" in task(run, "Run cockpit-ws")
 
 
 def test_this_machine_in_check_mode(tmp_path):
@@ -204,12 +219,20 @@ def test_this_machine_in_check_mode(tmp_path):
             "host_hugepages_count": 16,
             "host_ksm": False,
             "host_libvirt_restart_on_change": False,
+            "host_install_cockpit": True,
         },
         "roles": ["virtops.kvm.host"],
     }
+    bus = os.path.exists("/run/dbus/system_bus_socket")
     run = run_playbook(tmp_path, plays=[play], check=True, diff=True)
     assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert _snapshot(WATCHED) == before
+    # Cockpit without systemd: a bus and cockpit-ws predicted, neither started.
+    if not bus:
+        assert task(run, "Start a system D-Bus when none answers")["stdout"] == "started"
+        assert not os.path.exists("/run/dbus/system_bus_socket")
+    assert task(run, "Run cockpit-ws")["stdout"] in {"started", "restarted"}
+    assert not os.path.exists("/run/virtops-kvm-cockpit-ws.pid")
     assert not (tmp_path / "pki").exists()
     judged = task(run, "Judge KVM and publish host_virt_type")
     assert judged["ansible_facts"]["host_virt_type"] == "qemu"  # no vmx/svm here
