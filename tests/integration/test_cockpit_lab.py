@@ -236,6 +236,14 @@ def browser(tmp: Path):
         assert pid > 0
 
 
+def visible(driver, element_id: str):
+    """The element with this id once it is displayed (the page's scripts show it), or None."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    found = [e for e in driver.find_elements(By.ID, element_id) if e.is_displayed()]
+    return found[0] if found else None
+
+
 def machines_listed(driver, names: list[str]) -> dict[str, str]:
     from selenium.webdriver.common.by import By  # noqa: PLC0415
 
@@ -250,6 +258,10 @@ def machines_listed(driver, names: list[str]) -> dict[str, str]:
 def test_cockpit_lists_the_hosts_guests_in_chromium(
     lab_hosts, tiny_guest, name_prefix, tmp_path, record_property
 ):
+    from selenium.common.exceptions import (  # noqa: PLC0415
+        ElementNotInteractableException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By  # noqa: PLC0415
 
     for path in (CHROMIUM, CHROMEDRIVER, Path("/usr/lib/cockpit/cockpit-ws")):
@@ -323,10 +335,10 @@ def test_cockpit_lists_the_hosts_guests_in_chromium(
         base = f"https://{host.address}:{PORT}"
         with browser(tmp_path) as driver:
             driver.get(base + "/")
-            wait_for(lambda: driver.find_elements(By.ID, "login-user-input"), 30, "the login page")
-            driver.find_element(By.ID, "login-user-input").send_keys(admin)
-            driver.find_element(By.ID, "login-password-input").send_keys(password)
-            driver.find_element(By.ID, "login-button").click()
+            # The login page shows its form once its script has run.
+            for field, text in (("login-user-input", admin), ("login-password-input", password)):
+                wait_for(lambda f=field: visible(driver, f), 30, f"{field} shown").send_keys(text)
+            wait_for(lambda: visible(driver, "login-button"), 30, "login-button shown").click()
             wait_for(
                 lambda: driver.find_elements(By.CSS_SELECTOR, "iframe"),
                 60,
@@ -344,10 +356,14 @@ def test_cockpit_lists_the_hosts_guests_in_chromium(
 
             def listed() -> dict[str, str] | None:
                 # Without VT-x, virt-host-validate fails and the page says so first: go on.
-                ignore = driver.find_elements(By.ID, "ignore-hw-virtualization-disabled-btn")
-                if ignore:
-                    ignore[0].click()
-                found = machines_listed(driver, names)
+                # The page re-renders while it loads: an element may go stale under us.
+                try:
+                    ignore = visible(driver, "ignore-hw-virtualization-disabled-btn")
+                    if ignore:
+                        ignore.click()
+                    found = machines_listed(driver, names)
+                except (StaleElementReferenceException, ElementNotInteractableException):
+                    return None
                 return found if len(found) == len(names) else None
 
             states = wait_for(listed, 90, "both guests listed", interval=1)
