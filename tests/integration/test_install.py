@@ -64,7 +64,7 @@ def make_preseed(ssh_public_key: str, password_hash: str) -> str:
         f" in-target chown {USER}:{USER} /home/{USER}/.ssh/authorized_keys;"
         f" in-target chmod 0600 /home/{USER}/.ssh/authorized_keys"
     )
-    host, _, directory = MIRROR.partition("/")
+    host, _slash, directory = MIRROR.partition("/")
     replacements = {
         "d-i mirror/http/hostname string deb.debian.org\n": (
             f"d-i mirror/http/hostname string {host}\n"
