@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, wait_for
+from tests.helpers import ROOT, PlaybookRun, wait_for
 from tests.lab import hosts as lab_hosts_mod
+from tests.lab.playbooks import conf_settings, run_on_lab_hosts
 
 pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(300)]
 
@@ -42,42 +40,6 @@ SOCKET_KEYS = (
     "unix_sock_admin_perms",
     "auth_unix_rw",
 )
-
-
-def run_on_host(tmp: Path, host, plays: list[dict], name: str, *, check: bool = False):
-    """ansible-playbook against one lab host (reached by nsenter), results per task."""
-    inventory = {
-        "all": {
-            "hosts": {
-                host.name: {
-                    "ansible_connection": "virtops_lab_nsenter",
-                    "virtops_lab_holder_pid": host.holder_pid,
-                    "ansible_python_interpreter": sys.executable,
-                }
-            }
-        }
-    }
-    (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
-    book = tmp / f"{name}.yml"
-    book.write_text(yaml.safe_dump(plays, sort_keys=False))
-    results = tmp / f"{name}-results.json"
-    env = checkout_env(
-        ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
-        ANSIBLE_CALLBACKS_ENABLED="virtops_results",
-        ANSIBLE_CONNECTION_PLUGINS=str(ROOT / "tests" / "lab" / "connection_plugins"),
-        VIRTOPS_RESULTS_FILE=str(results),
-    )
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(tmp / "inventory.yml"), str(book)]
-    proc = subprocess.run(
-        [*cmd, *(["--check"] if check else [])],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    found = json.loads(results.read_text()) if results.exists() else []
-    return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, found)
 
 
 def phases(run: PlaybookRun) -> dict[str, list[dict]]:
@@ -147,16 +109,6 @@ RENDER = {
     "loop": ["libvirtd"],
     "vars": {"__host_remote_daemon_name": "libvirtd"},
 }
-
-
-def settings(text: str, keys: tuple[str, ...]) -> dict[str, str]:
-    found = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep and key in keys:
-            found[key] = value
-    assert set(found) == set(keys), f"missing in the rendered file: {set(keys) - set(found)}"
-    return found
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -286,8 +238,8 @@ def access_site(lab_hosts, tmp_path_factory):
     _remove_all()  # leftovers of an interrupted run
     try:
         keys = {user: _make_user(user, tmp) for user in (ADMIN, OUTSIDER)}
-        check = run_on_host(
-            tmp, host, [access_play("check", [ADMIN], [GROUP_AFTER])], "check", check=True
+        check = run_on_lab_hosts(
+            tmp, [host], [access_play("check", [ADMIN], [GROUP_AFTER])], "check", check=True
         )
         assert check.rc == 0, check.stdout[-6000:] + check.stderr[-3000:]
         rendered = tmp / "libvirtd.conf"
@@ -297,7 +249,7 @@ def access_site(lab_hosts, tmp_path_factory):
             access_play("again", [ADMIN]),
         ]
         plays[1]["vars"]["rendered"] = str(rendered)
-        run = run_on_host(tmp, host, plays, "apply")
+        run = run_on_lab_hosts(tmp, [host], plays, "apply")
         assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
         role_s = time.monotonic() - started
         ssh_config = tmp / "ssh_config"
@@ -309,7 +261,7 @@ def access_site(lab_hosts, tmp_path_factory):
         ssh = tmp / "ssh"  # libvirt's ``command``: ssh with our options, not root's own
         ssh.write_text(f'#!/bin/sh\nexec ssh -F {ssh_config} "$@"\n')
         ssh.chmod(0o755)
-        daemon = settings(rendered.read_text(), SOCKET_KEYS)
+        daemon = conf_settings(rendered.read_text(), SOCKET_KEYS)
         with (
             lab_hosts_mod.reconfigured(
                 host, "virtops.kvm.host role's socket access (test_access_lab.py)", daemon, {}

@@ -19,22 +19,20 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
-import json
 import secrets
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from devtools.libvirt_cleanup import remove_domain_named
-from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env, wait_for
+from tests.helpers import PlaybookRun, wait_for
 from tests.lab import hosts as lab_hosts_mod
+from tests.lab.playbooks import run_on_lab_hosts
 
 pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(420)]
 
@@ -64,19 +62,6 @@ STARTED = (
 
 
 def run_role(tmp: Path, host, name: str, plays_vars: dict, *, check: bool = False) -> PlaybookRun:
-    inventory = {
-        "all": {
-            "hosts": {
-                host.name: {
-                    "ansible_connection": "virtops_lab_nsenter",
-                    "virtops_lab_holder_pid": host.holder_pid,
-                    "ansible_python_interpreter": sys.executable,
-                    "host_tls_subject_alt_names": [host.address],
-                }
-            }
-        }
-    }
-    (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
     play = {
         "name": "The host role's PKI and Cockpit on a lab host",
         "hosts": "all",
@@ -97,26 +82,7 @@ def run_role(tmp: Path, host, name: str, plays_vars: dict, *, check: bool = Fals
             },
         ],
     }
-    book = tmp / f"{name}.yml"
-    book.write_text(yaml.safe_dump([play], sort_keys=False))
-    results = tmp / f"{name}-results.json"
-    env = checkout_env(
-        ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
-        ANSIBLE_CALLBACKS_ENABLED="virtops_results",
-        ANSIBLE_CONNECTION_PLUGINS=str(ROOT / "tests" / "lab" / "connection_plugins"),
-        VIRTOPS_RESULTS_FILE=str(results),
-    )
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(tmp / "inventory.yml"), str(book)]
-    proc = subprocess.run(
-        [*cmd, "--check"] if check else cmd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    found = json.loads(results.read_text()) if results.exists() else []
-    return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, found)
+    return run_on_lab_hosts(tmp, [host], [play], name, check=check, timeout=300)
 
 
 def changed_tasks(run: PlaybookRun) -> list[str]:

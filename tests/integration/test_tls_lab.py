@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import pwd
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import ROOT, VENV_BIN, PlaybookRun, checkout_env
+from tests.helpers import ROOT, PlaybookRun
 from tests.lab import hosts as lab_hosts_mod
+from tests.lab.playbooks import conf_settings, run_on_lab_hosts
 
 # The module's set-up (two role runs, two libvirtd restarts) counts towards the first test.
 pytestmark = [pytest.mark.lab, pytest.mark.multihost, pytest.mark.timeout(900)]
@@ -45,53 +43,6 @@ QEMU_KEYS = (
     "migrate_tls_x509_verify",
     "migrate_tls_force",
 )
-
-
-def run_on_lab(tmp: Path, lab, plays: list[dict], name: str) -> PlaybookRun:
-    """ansible-playbook with the lab hosts as inventory (``vtlab-hN``) reached by nsenter."""
-    inventory = {
-        "all": {
-            "hosts": {
-                host.name: {
-                    "ansible_connection": "virtops_lab_nsenter",
-                    "virtops_lab_holder_pid": host.holder_pid,
-                    "ansible_python_interpreter": sys.executable,
-                    "host_tls_subject_alt_names": [host.address],
-                }
-                for host in lab.hosts
-            }
-        }
-    }
-    (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
-    book = tmp / f"{name}.yml"
-    book.write_text(yaml.safe_dump(plays, sort_keys=False))
-    results = tmp / f"{name}-results.json"
-    env = checkout_env(
-        ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "integration" / "callback_plugins"),
-        ANSIBLE_CALLBACKS_ENABLED="virtops_results",
-        ANSIBLE_CONNECTION_PLUGINS=str(ROOT / "tests" / "lab" / "connection_plugins"),
-        VIRTOPS_RESULTS_FILE=str(results),
-    )
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", str(tmp / "inventory.yml"), str(book)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    found = json.loads(results.read_text()) if results.exists() else []
-    return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, found)
-
-
-def settings(text: str, keys: tuple[str, ...]) -> dict[str, str]:
-    found = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep and key in keys:
-            found[key] = value
-    assert set(found) == set(keys), f"missing in the rendered file: {set(keys) - set(found)}"
-    return found
 
 
 def pki_of(host) -> Path:
@@ -160,10 +111,10 @@ def tls_site(lab_hosts, tmp_path_factory):
     started = time.monotonic()
     play = dict(ROLE_PLAY, vars=dict(ROLE_PLAY["vars"], host_tls_pki_dir=str(pki_dir)))
     play["vars"]["rendered_dir"] = str(rendered)
-    run = run_on_lab(tmp, lab, [play], "pki")
+    run = run_on_lab_hosts(tmp, lab.hosts, [play], "pki")
     assert run.rc == 0, run.stdout[-6000:] + run.stderr[-3000:]
     role_s = time.monotonic() - started
-    again = run_on_lab(tmp, lab, [play], "pki-again")
+    again = run_on_lab_hosts(tmp, lab.hosts, [play], "pki-again")
     assert again.rc == 0, again.stdout[-6000:] + again.stderr[-3000:]
     with contextlib.ExitStack() as stack:
         for host in lab.hosts[:2]:
@@ -173,8 +124,8 @@ def tls_site(lab_hosts, tmp_path_factory):
                 lab_hosts_mod.reconfigured(
                     host,
                     "virtops.kvm.host role's TLS settings (test_tls_lab.py)",
-                    settings(daemon, LIBVIRTD_KEYS),
-                    settings(qemu, QEMU_KEYS),
+                    conf_settings(daemon, LIBVIRTD_KEYS),
+                    conf_settings(qemu, QEMU_KEYS),
                 )
             )
         yield {
@@ -361,7 +312,9 @@ def test_migration_uses_tls_by_default(tls_site, tiny_guest, name_prefix, record
             "ignore_errors": True,
         }
         play = {"name": "migrate", "hosts": src.name, "gather_facts": False, "tasks": [task]}
-        return run_on_lab(tls_site["tmp"], lab_of(tls_site), [play], f"migrate-{time.time_ns()}")
+        return run_on_lab_hosts(
+            tls_site["tmp"], lab_of(tls_site).hosts, [play], f"migrate-{time.time_ns()}"
+        )
 
     started = time.monotonic()
     moved = migrate(h1, h2)
