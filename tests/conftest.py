@@ -295,9 +295,15 @@ def lab_hosts_factory():
         stack.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_hosts(lab_hosts_factory):
-    """Two namespaced libvirt hosts (see ``lab_hosts_factory``)."""
+    """Two namespaced libvirt hosts (see ``lab_hosts_factory``), or the first two of the lab's
+    three when a module before asked for three.
+
+    Per module, not per session: a later module's ``lab_hosts_factory(3)`` restarts the lab,
+    and a session-wide value would go on naming the stopped hosts (their namespace holders
+    gone, ``nsenter`` fails) in every module after it.
+    """
     return lab_hosts_factory(2)
 
 
