@@ -14,8 +14,8 @@ failure too).
 
 Marker ``install``: run with ``make test-install`` (tens of minutes under TCG, see
 roles/guest/README.md); scripts/test.sh leaves it out. The netboot installer downloads its own
-components (udebs) from the archive: the test first fetches one and fails in seconds, saying
-so, where the archive does not serve them (this project's test machines);
+components (udebs) from the archive: the test first asks for them and fails in seconds, naming
+the missing, where the archive does not serve them all (this project's test machines);
 ``VIRTOPS_INSTALL_MIRROR=HOST/DIRECTORY`` names another archive.
 """
 
@@ -137,24 +137,41 @@ def package_cache(tmp_path, default_network):
 def check_installer_components(proxy: str) -> None:
     """Fail in seconds, not after the install timeout, when the archive cannot serve the
     installer's components: the netboot installer downloads its udebs (partitioner, base
-    installer, kernel modules...) from the mirror and stops at "Download installer components"
-    on the first one it cannot get."""
+    installer, boot loader installer...) from the mirror and stops at "Download installer
+    components" on the first one it cannot get. Asked for: every udeb of priority standard or
+    higher but the kernel modules (those of the initrd's kernel only, a few of them), and
+    apt-mirror-setup (optional, but the first one the installer fetched for this preseed)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
     base = f"http://{MIRROR}"
     index = f"{base}/dists/bookworm/main/debian-installer/binary-amd64/Packages.xz"
     with opener.open(index, timeout=120) as resp:
         packages = lzma.decompress(resp.read()).decode()
-    stanza = packages.split("Package: apt-mirror-setup\n", 1)[1].split("\n\n", 1)[0]
-    filename = next(line.split()[1] for line in stanza.splitlines() if line.startswith("Filename:"))
-    try:
-        with opener.open(f"{base}/{filename}", timeout=120) as resp:
-            resp.read(1)
-    except urllib.error.HTTPError as err:
+    wanted = {}
+    for stanza in packages.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        name = fields.get("Package", "")
+        if name == "apt-mirror-setup" or (
+            fields.get("Priority") in ("required", "important", "standard")
+            and "-modules-" not in name
+        ):
+            wanted[name] = fields["Filename"]
+    assert "apt-mirror-setup" in wanted, "the installer's index lists no apt-mirror-setup"
+    missing = []
+    for name, filename in sorted(wanted.items()):
+        try:  # a GET, read no further than a byte: the cache answers HEAD slowly
+            with opener.open(f"{base}/{filename}", timeout=60) as resp:
+                resp.read(1)
+        except urllib.error.HTTPError as err:
+            missing.append(f"{name} (HTTP {err.code})")
+    if missing:
         pytest.fail(
-            f"the archive {base} lists the installer's components but does not serve them"
-            f" ({filename}: HTTP {err.code}), so a netboot install cannot finish against it"
-            " (the installer stops at 'Download installer components'). Give a complete"
-            " mirror as VIRTOPS_INSTALL_MIRROR=HOST/DIRECTORY."
+            f"the archive {base} lists the installer's components but does not serve"
+            f" {len(missing)} of the {len(wanted)} it fetches ({', '.join(missing)}), so a"
+            " netboot install cannot finish against it (the installer stops at 'Download"
+            " installer components'). Give a complete mirror as"
+            " VIRTOPS_INSTALL_MIRROR=HOST/DIRECTORY."
         )
 
 
